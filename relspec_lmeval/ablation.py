@@ -1,0 +1,195 @@
+"""Switching neurons off inside a transformers model, and always being able to undo it.
+
+For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f)
+is exactly setting row j of the weight to 0 (or scaling it): the edit costs nothing at run
+time and works on ``device_map``-sharded models. Where that is not exact or not possible
+(an MLP bias, PEFT/LoRA wrappers, quantized or offloaded weights, ``mode=mean``) a forward
+hook rewrites the channel's output instead. Both paths undo themselves in ``remove()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, NeuronSetError
+
+MODES = ("zero", "scale", "mean")
+METHODS = ("auto", "weights", "hooks")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's MLPs are not separate gate_proj/up_proj/down_proj linear layers."""
+
+
+@dataclass
+class AblationSpec:
+    mode: str = "zero"
+    factor: float | None = None
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            import difflib
+
+            close = difflib.get_close_matches(str(self.mode), MODES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise NeuronSetError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}.{hint}")
+        if self.method not in METHODS:
+            raise NeuronSetError(f"unknown ablation method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mode == "scale":
+            if self.factor is None:
+                raise NeuronSetError("mode=scale needs factor=F (e.g. factor=0.5)")
+            self.factor = float(self.factor)
+        elif self.factor is not None and self.mode != "scale":
+            raise NeuronSetError(f"factor is only used with mode=scale, not mode={self.mode}")
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    # PEFT wraps the transformers model; its LoRA layers replace the Linear modules in place.
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _model_type(model: nn.Module) -> str:
+    return str(getattr(getattr(_base_model(model), "config", None), "model_type", type(model).__name__))
+
+
+def find_mlps(model: nn.Module) -> list[nn.Module]:
+    """Each decoder layer's MLP, in order; a clear error for fused or mixture-of-experts MLPs."""
+    base = _base_model(model)
+    layers = None
+    for _, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) and all(hasattr(m, "mlp") for m in module):
+            layers = module
+            break
+    model_type = _model_type(model)
+    if layers is None:
+        raise UnsupportedModelError(f"model type {model_type!r}: found no decoder layers with an `mlp` module")
+    mlps = [layer.mlp for layer in layers]
+    for i, mlp in enumerate(mlps):
+        missing = [s for s in SITES if not isinstance(getattr(mlp, s, None), nn.Module)]
+        if missing:
+            kind = (
+                "a mixture-of-experts MLP"
+                if hasattr(mlp, "experts")
+                else "a fused gate_up_proj MLP"
+                if hasattr(mlp, "gate_up_proj")
+                else f"an MLP without {', '.join(missing)}"
+            )
+            raise UnsupportedModelError(
+                f"model type {model_type!r} has {kind} (layer {i}, {type(mlp).__name__}); relspec-hf supports "
+                "Llama-style MLPs with separate gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma, …)"
+            )
+    return mlps
+
+
+def model_shape(model: nn.Module) -> ModelShape:
+    return ModelShape.from_config(_base_model(model).config)
+
+
+def _weight_editable(module: nn.Module) -> bool:
+    """True where zeroing/scaling a weight row equals zeroing/scaling the output channel."""
+    if type(module) is not nn.Linear or module.bias is not None:
+        return False  # subclasses: LoRA, bitsandbytes, … ; a bias would survive the edit
+    weight = module.weight
+    if not weight.dtype.is_floating_point or weight.device.type == "meta":
+        return False  # quantized, or offloaded by accelerate (its copy is reloaded each call)
+    return getattr(module, "_hf_hook", None) is None or not getattr(module._hf_hook, "offload", False)
+
+
+@dataclass
+class Ablation:
+    """The edits and hooks applied to one model; ``remove()`` restores it."""
+
+    weight_edits: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        return [name for name, used in (("weights", self.weight_edits), ("hooks", self.hooks)) if used]
+
+    def remove(self) -> None:
+        with torch.no_grad():
+            for module, rows, saved in reversed(self.weight_edits):
+                module.weight.index_copy_(0, rows, saved)
+        for handle in self.hooks:
+            handle.remove()
+        self.weight_edits.clear()
+        self.hooks.clear()
+
+
+def _output_hook(index: torch.Tensor, spec: AblationSpec, means: torch.Tensor | None):
+    # Index tensors follow the output to its device once (sharded and offloaded models).
+    per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def hook(module: nn.Module, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        device = out.device
+        if device not in per_device:
+            per_device[device] = (index.to(device), None if means is None else means.to(device))
+        idx, mean = per_device[device]
+        if spec.mode == "zero":
+            out.index_fill_(-1, idx, 0.0)
+        elif spec.mode == "scale":
+            out[..., idx] *= spec.factor
+        else:
+            out[..., idx] = mean.to(out.dtype)
+        return output
+
+    return hook
+
+
+def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None) -> Ablation:
+    """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle."""
+    spec = spec or AblationSpec()
+    mlps = find_mlps(model)
+    neuron_set.validate(model_shape(model))
+    if spec.mode == "mean" and not neuron_set.has_means:
+        raise NeuronSetError(
+            f"mode=mean needs per-neuron means in the neuron-set file, and {neuron_set.path or 'this set'} has none; "
+            "use mode=zero, or a set written by `relspec identify` (it stores the means)"
+        )
+    ablation = Ablation()
+    try:
+        for (layer, site), index in neuron_set.neurons.items():
+            module = getattr(mlps[layer], site)
+            use_weights = spec.method == "weights" or (
+                spec.method == "auto" and spec.mode != "mean" and _weight_editable(module)
+            )
+            if use_weights:
+                if spec.mode == "mean" or not _weight_editable(module):
+                    raise NeuronSetError(
+                        f"layer {layer} {site} ({type(module).__name__}) cannot be ablated by a weight edit "
+                        f"with mode={spec.mode}; use ablate_with=hooks or auto"
+                    )
+                rows = index.to(module.weight.device)
+                with torch.no_grad():
+                    saved = module.weight.index_select(0, rows).clone()
+                    if spec.mode == "zero":
+                        module.weight.index_fill_(0, rows, 0.0)
+                    else:
+                        module.weight[rows] *= spec.factor
+                ablation.weight_edits.append((module, rows, saved))
+            else:
+                means = neuron_set.means.get((layer, site)) if spec.mode == "mean" else None
+                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, means)))
+    except BaseException:
+        ablation.remove()
+        raise
+    return ablation
+
+
+@contextmanager
+def ablated(model: nn.Module, neuron_sets: NeuronSet | Sequence[NeuronSet], spec: AblationSpec | None = None) -> Iterator[Ablation]:
+    """``with ablated(model, set): ...`` — the model is restored on exit, also after an error."""
+    sets = [neuron_sets] if isinstance(neuron_sets, NeuronSet) else list(neuron_sets)
+    merged = sets[0] if len(sets) == 1 else sets[0].union(*sets[1:])
+    ablation = apply_ablation(model, merged, spec)
+    try:
+        yield ablation
+    finally:
+        ablation.remove()

@@ -1,0 +1,95 @@
+"""``relspec-hf``: lm-eval's ``hf`` model with relation-specific neurons switched off.
+
+``lm_eval --model relspec-hf --model_args pretrained=M,neuron_set=FILE[+FILE2],mode=zero``.
+Everything else (batching, ``parallelize``, accelerate data parallel, dtype, PEFT, all
+request types) is HFLM's own: this class only edits the loaded model once, after HFLM has
+placed it, and reports what it did under the ``relspec`` key of the results' config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from relspec_lmeval import __version__
+from relspec_lmeval._resources import shipped_model
+from relspec_lmeval.ablation import Ablation, AblationSpec, apply_ablation, find_mlps, model_shape
+from relspec_lmeval.neuron_set import NeuronSet, load_sets
+
+RESULTS_KEY = "relspec"
+
+
+def resolve_pretrained(pretrained: Any) -> Any:
+    """``relspec-tiny`` → the installed model folder; hub ids, paths and model objects pass through."""
+    if isinstance(pretrained, str):
+        shipped = shipped_model(pretrained)
+        if shipped is not None:
+            return str(shipped)
+    return pretrained
+
+
+@register_model("relspec-hf")
+class RelspecHFLM(HFLM):
+    def __init__(
+        self,
+        pretrained: Any,
+        neuron_set: str | None = None,
+        mode: str = "zero",
+        factor: float | None = None,
+        ablate_with: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            neuron_set: a neuron-set file, a shipped set name (``relspec-tiny/person_father``),
+                or several joined with ``+`` (their union). None: the unmodified model.
+            mode: ``zero`` (the paper's), ``scale`` (multiply by ``factor``) or ``mean`` (set to
+                the per-neuron means stored in the file).
+            ablate_with: ``auto`` (weight edits where exact, hooks elsewhere), ``weights`` or ``hooks``.
+        """
+        # Everything that can be wrong with the set is checked before the (slow) model load.
+        self.relspec_spec = AblationSpec(mode=mode, factor=factor, method=ablate_with)
+        self.relspec_sets: list[NeuronSet] = load_sets(neuron_set) if neuron_set else []
+        self.relspec_ablation: Ablation | None = None
+        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        if self.relspec_sets:
+            find_mlps(self._model)  # unsupported architectures fail before any set is applied
+            shape = model_shape(self._model)
+            for s in self.relspec_sets:
+                s.validate(shape)
+            merged = self.relspec_sets[0] if len(self.relspec_sets) == 1 else self.relspec_sets[0].union(*self.relspec_sets[1:])
+            self.relspec_ablation = apply_ablation(self._model, merged, self.relspec_spec)
+
+    @property
+    def relspec_cache_salt(self) -> str | None:
+        """Extra cache key for ``--use_cache`` (read by the import hook's CachingLM patch)."""
+        if not self.relspec_sets:
+            return None
+        info = self.relspec_info()
+        return hashlib.sha256(json.dumps([info["sets"], info["mode"], info["factor"]], sort_keys=True, default=str).encode()).hexdigest()
+
+    def relspec_info(self) -> dict[str, Any]:
+        """The documented ``relspec`` block of the results JSON (see docs/file-format.md)."""
+        return {
+            "package_version": __version__,
+            "sets": [
+                {
+                    "path": str(s.path),
+                    "sha256": s.sha256(),
+                    "count": len(s),
+                    "count_per_site": s.count_per_site(),
+                    "metadata": s.metadata,
+                }
+                for s in self.relspec_sets
+            ],
+            "mode": self.relspec_spec.mode if self.relspec_sets else None,
+            "factor": self.relspec_spec.factor,
+            "applied_with": self.relspec_ablation.methods if self.relspec_ablation else [],
+        }
+
+    def get_model_info(self) -> dict:
+        return {**super().get_model_info(), RESULTS_KEY: self.relspec_info()}
