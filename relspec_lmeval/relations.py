@@ -1,0 +1,251 @@
+"""Relation recall data for lm-eval: splits, prompts, the paper's metric, task hooks.
+
+Any folder of LRE-format JSON files works (``{"prompt_templates": [...],
+"prompt_templates_zs": [...], "samples": [{"subject", "object"}]}``): the 12 paper
+relations get the paper's templates (relation_templates.py); any other file is a
+relation named after the file and uses the file's own templates.
+
+Split rule (same on every machine, Python and lm-eval version, so no ``random``):
+drop exact duplicate (subject, object) pairs, group the objects of each subject as
+its golds, order subjects by sha256("<SPLIT_SEED>/<file stem>/<subject>"); the first
+min(50, n_subjects // 2) are P^eva, the rest P^det. P^eva: one prompt per subject,
+the i-th subject in that order gets template i mod (number of templates). P^det: every
+subject with every template.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .lre_data import LREDataError, resolve_lre_dir
+from .relation_templates import (
+    ANSWER_AFFIXES,
+    MULTILINGUAL_TEMPLATES,
+    PAPER_RELATIONS,
+    RelationSpec,
+)
+
+__all__ = [
+    "EVA_SIZE",
+    "LANGUAGES",
+    "LREDataError",
+    "PPL_SIZE",
+    "RELATIONS",
+    "SPLIT_SEED",
+    "available_relations",
+    "build_docs",
+    "build_ppl_docs",
+    "custom_dataset",
+    "custom_ppl_dataset",
+    "docs_hash",
+    "is_correct",
+    "process_results",
+    "resolve_lre_dir",
+]
+
+RELATIONS: tuple[str, ...] = tuple(PAPER_RELATIONS)
+LANGUAGES: tuple[str, ...] = tuple(ANSWER_AFFIXES)
+SPLIT_SEED = 250217355  # the paper's arXiv id (2502.17355); the authors' seed is unknown
+EVA_SIZE = 50
+PPL_SIZE = 50
+_PAPER_FILES = {spec.file: name for name, spec in PAPER_RELATIONS.items()}
+
+
+# ---------------------------------------------------------------- finding a relation
+
+
+def _relation_files(folder: Path) -> dict[str, Path]:
+    """Relation name → file: paper names for the paper's files, the file stem otherwise."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.json")):
+        found.setdefault(_PAPER_FILES.get(path.name, path.stem), path)
+    return found
+
+
+def available_relations(data_dir: str | Path | None = None) -> list[str]:
+    return sorted(_relation_files(resolve_lre_dir(data_dir)))
+
+
+def _load_relation(relation: str, data_dir) -> tuple[str, Path, dict, RelationSpec | None]:
+    files = _relation_files(resolve_lre_dir(data_dir))
+    # the LRE file stem of a paper relation ("landmark_on_continent") is an alias
+    name = _PAPER_FILES.get(relation + ".json", relation) if relation not in files else relation
+    if name not in files:
+        close = difflib.get_close_matches(relation, list(files), n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"No relation {relation!r} in {resolve_lre_dir(data_dir)}.{hint} "
+            f"Available: {', '.join(sorted(files))}"
+        )
+    path = files[name]
+    with path.open(encoding="utf-8") as fh:
+        raw = json.load(fh)
+    return name, path, raw, PAPER_RELATIONS.get(name)
+
+
+def _templates(name: str, raw: dict, spec, template_set: str, language: str) -> tuple[str, ...]:
+    if language not in ANSWER_AFFIXES:
+        raise ValueError(f"language must be one of {LANGUAGES}, not {language!r}")
+    if template_set not in ("main", "t2", "file"):
+        raise ValueError(f"template_set must be 'main', 't2' or 'file', not {template_set!r}")
+    found: Iterable[str] | None = None
+    if spec is not None and template_set != "file":
+        if language == "en":
+            found = spec.templates if template_set == "main" else spec.t2_templates
+        elif template_set == "main":
+            found = MULTILINGUAL_TEMPLATES[language].get(name)
+    else:
+        # a user's relation: the file's own templates; t2 falls back to LRE's zero-shot ones
+        key = "prompt_templates" if template_set in ("main", "file") else "prompt_templates_zs"
+        found = raw.get(key if language == "en" else f"{key}_{language}")
+    if not found:
+        raise ValueError(f"No {template_set!r} templates in language {language!r} for {name!r}")
+    return tuple(found)
+
+
+# ---------------------------------------------------------------- splits and prompts
+
+
+def _split_key(stem: str, subject: str) -> str:
+    return hashlib.sha256(f"{SPLIT_SEED}/{stem}/{subject}".encode()).hexdigest()
+
+
+def _split(stem: str, samples: list[dict]) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    golds: dict[str, list[str]] = {}
+    for sample in samples:
+        objects = golds.setdefault(sample["subject"], [])
+        if sample["object"] not in objects:  # exact duplicate triple
+            objects.append(sample["object"])
+    order = sorted(golds, key=lambda subject: _split_key(stem, subject))
+    n_eva = min(EVA_SIZE, len(order) // 2)
+    return order[:n_eva], order[n_eva:], golds
+
+
+def fill_prompt(template: str, subject: str, language: str = "en") -> str:
+    """Template with the subject, wrapped in the language's "? Answer:" (no BOS)."""
+    if language == "fr" and re.match(r"[AEIOUYÀÂÉÈÊËÎÏÔÛÜaeiouyàâéèêëîïôûü]", subject):
+        template = re.sub(r"\bde \{\}", "d'{}", template)  # "Le PDG d'Apple", not "de Apple"
+    prefix, suffix = ANSWER_AFFIXES[language]
+    return prefix + template.replace("{}", subject) + suffix
+
+
+def build_docs(
+    relation: str,
+    split: str = "eva",
+    template_set: str = "main",
+    language: str = "en",
+    data_dir: str | Path | None = None,
+) -> list[dict]:
+    """Prompts of one relation: ``split`` "eva" (P^eva) or "det" (P^det).
+
+    Each doc: relation, subject, golds (all objects of the subject), template,
+    template_index, language, split, prompt.
+    """
+    if split not in ("eva", "det"):
+        raise ValueError(f"split must be 'eva' or 'det', not {split!r}")
+    name, path, raw, spec = _load_relation(relation, data_dir)
+    templates = _templates(name, raw, spec, template_set, language)
+    eva, det, golds = _split(path.stem, raw["samples"])
+
+    def doc(subject: str, index: int) -> dict:
+        return {
+            "relation": name,
+            "subject": subject,
+            "golds": list(golds[subject]),
+            "template": templates[index],
+            "template_index": index,
+            "language": language,
+            "split": split,
+            "prompt": fill_prompt(templates[index], subject, language),
+        }
+
+    if split == "eva":
+        return [doc(subject, i % len(templates)) for i, subject in enumerate(eva)]
+    return [doc(subject, t) for subject in det for t in range(len(templates))]
+
+
+def build_ppl_docs(relation: str, data_dir: str | Path | None = None) -> list[dict]:
+    """The relation-neutral sentence filled with up to 50 distinct objects of P^det."""
+    name, path, raw, spec = _load_relation(relation, data_dir)
+    sentence = spec.ppl_sentence if spec else raw.get("ppl_sentence")
+    if not sentence:
+        raise ValueError(f"{name!r} has no perplexity sentence; add \"ppl_sentence\" to {path}")
+    _, det, golds = _split(path.stem, raw["samples"])
+    objects = list(dict.fromkeys(obj for subject in det for obj in golds[subject]))[:PPL_SIZE]
+    return [
+        {"relation": name, "object": obj, "sentence": sentence, "text": sentence.replace("{}", obj)}
+        for obj in objects
+    ]
+
+
+# ---------------------------------------------------------------- metric and provenance
+
+
+def is_correct(generated: str, golds: Iterable[str]) -> bool:
+    """The paper's metric: the stripped generation is a non-empty prefix of a gold.
+
+    Case-sensitive and character-based, so " Par" counts for "Paris" and "Paris." does not.
+    """
+    answer = generated.strip()
+    return bool(answer) and any(gold.strip().startswith(answer) for gold in golds)
+
+
+def docs_hash(docs: Iterable[Mapping[str, Any]]) -> str:
+    """sha256 of the docs as canonical JSON (sorted keys, no spaces, UTF-8)."""
+    canonical = json.dumps(
+        [dict(doc) for doc in docs], sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- lm-eval hooks
+
+
+def _task_data_dir(data_dir: str | None, lre_dir: str | None) -> Path:
+    """A task's ``data_dir`` (relative: to the package's resource folders), else LRE."""
+    if not data_dir:
+        return resolve_lre_dir(lre_dir)
+    path = Path(data_dir).expanduser()
+    if not path.is_absolute():
+        from ._resources import resource_dir
+
+        head, *rest = path.parts
+        path = resource_dir(head).joinpath(*rest)  # e.g. "models/<name>/facts"
+    return resolve_lre_dir(path)
+
+
+def _as_dataset(docs: list[dict]):
+    import datasets
+
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def custom_dataset(
+    relation: str,
+    split: str = "eva",
+    template_set: str = "main",
+    language: str = "en",
+    data_dir: str | None = None,
+    lre_dir: str | None = None,
+    **_metadata: Any,  # lm-eval passes model args and the task's metadata too
+):
+    """lm-eval ``custom_dataset`` for recall tasks; ``dataset_kwargs`` pick the docs."""
+    folder = _task_data_dir(data_dir, lre_dir)
+    return _as_dataset(build_docs(relation, split, template_set, language, folder))
+
+
+def custom_ppl_dataset(
+    relation: str, data_dir: str | None = None, lre_dir: str | None = None, **_metadata: Any
+):
+    """lm-eval ``custom_dataset`` for the relation-neutral perplexity tasks."""
+    return _as_dataset(build_ppl_docs(relation, _task_data_dir(data_dir, lre_dir)))
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    return {"acc": float(is_correct(results[0], doc["golds"]))}
