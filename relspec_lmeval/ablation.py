@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, NeuronSetError
+from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, NeuronSetError, union_all
 
 MODES = ("zero", "scale", "mean")
 METHODS = ("auto", "weights", "hooks")
@@ -187,7 +187,7 @@ def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec |
 def ablated(model: nn.Module, neuron_sets: NeuronSet | Sequence[NeuronSet], spec: AblationSpec | None = None) -> Iterator[Ablation]:
     """``with ablated(model, set): ...`` — the model is restored on exit, also after an error."""
     sets = [neuron_sets] if isinstance(neuron_sets, NeuronSet) else list(neuron_sets)
-    merged = sets[0] if len(sets) == 1 else sets[0].union(*sets[1:])
+    merged = union_all(sets)
     ablation = apply_ablation(model, merged, spec)
     try:
         yield ablation

@@ -41,11 +41,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     """Write a checkpoint with the set's weight rows edited, loadable by any engine."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from relspec_lmeval.ablation import AblationSpec, apply_ablation, model_shape
+    from relspec_lmeval.ablation import AblationSpec, apply_ablation
     from relspec_lmeval.model import resolve_pretrained
-    from relspec_lmeval.neuron_set import NeuronSetError, load_sets
+    from relspec_lmeval.neuron_set import ModelShape, NeuronSetError, load_sets, union_all
 
     spec = AblationSpec(mode=args.mode, factor=args.factor, method="weights")
     sets = load_sets(args.neuron_set)
@@ -53,12 +53,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if out.exists() and any(out.iterdir()) and not args.force:
         raise NeuronSetError(f"output folder {out} is not empty (use --force to replace it)")
     source = resolve_pretrained(args.model)
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(source, revision=args.revision))
+    for s in sets:  # before the (slow) weight load
+        s.validate(shape)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else "auto"
     model = AutoModelForCausalLM.from_pretrained(source, revision=args.revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=args.revision)
-    merged = sets[0] if len(sets) == 1 else sets[0].union(*sets[1:])
-    for s in sets:
-        s.validate(model_shape(model))
+    merged = union_all(sets)
     apply_ablation(model, merged, spec)
     model.config.relspec = {
         "package_version": __version__,

@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM
 from relspec_lmeval import __version__
 from relspec_lmeval._resources import shipped_model
 from relspec_lmeval.ablation import Ablation, AblationSpec, apply_ablation, find_mlps, model_shape
-from relspec_lmeval.neuron_set import NeuronSet, load_sets
+from relspec_lmeval.neuron_set import NeuronSet, load_sets, union_all
 
 RESULTS_KEY = "relspec"
 
@@ -61,7 +61,7 @@ class RelspecHFLM(HFLM):
             shape = model_shape(self._model)
             for s in self.relspec_sets:
                 s.validate(shape)
-            merged = self.relspec_sets[0] if len(self.relspec_sets) == 1 else self.relspec_sets[0].union(*self.relspec_sets[1:])
+            merged = union_all(self.relspec_sets)
             self.relspec_ablation = apply_ablation(self._model, merged, self.relspec_spec)
 
     @property

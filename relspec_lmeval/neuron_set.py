@@ -7,8 +7,10 @@ a neuron is. One set per safetensors file (never pickle):
 * ``layers.{L}.{site}.indices``: int64, sorted, unique channel indices;
 * ``layers.{L}.{site}.scores`` / ``.means`` (optional, float32, aligned with the indices):
   the identification score and the neuron's mean output (``mode=mean`` needs the means);
-* metadata ``relspec_format`` (format version) and ``relspec`` (JSON: model, method,
-  parameters, relation, data hash, k, package version, command: an open bag).
+* one safetensors metadata entry ``relspec``: JSON ``{"format": "relspec-neuron-set",
+  "format_version": "1", "metadata": {...}}``, the metadata being an open bag (model, method,
+  parameters, relation, data hash, k, package version, command). One entry, because
+  safetensors writes several in no fixed order and files must be byte-identical.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 import torch
 
 SITES = ("gate_proj", "up_proj", "down_proj")
+FORMAT_NAME = "relspec-neuron-set"
 FORMAT_VERSION = "1"
-FORMAT_KEY = "relspec_format"
-METADATA_KEY = "relspec"
+HEADER_KEY = "relspec"
 SUFFIX = ".safetensors"
 _TENSOR_NAME = re.compile(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.(indices|scores|means)$")
 
@@ -247,7 +249,7 @@ class NeuronSet:
         if path.suffix != SUFFIX:
             raise NeuronSetError(f"neuron-set files end in {SUFFIX}: {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = {FORMAT_KEY: FORMAT_VERSION, METADATA_KEY: json.dumps(self.metadata, sort_keys=True)}
+        header = {HEADER_KEY: json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": self.metadata}, sort_keys=True)}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -272,15 +274,18 @@ class NeuronSet:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise NeuronSetError(f"{path} is not a readable safetensors neuron-set file ({exc})") from None
-        version = header.get(FORMAT_KEY)
-        if version is None:
-            raise NeuronSetError(f"{path} is a safetensors file but not a relspec neuron set (no {FORMAT_KEY!r} metadata)")
-        if version != FORMAT_VERSION:
-            raise NeuronSetError(f"{path} has neuron-set format version {version!r}; this relspec-lmeval reads {FORMAT_VERSION!r}")
         try:
-            metadata = json.loads(header.get(METADATA_KEY, "{}"))
+            block = json.loads(header[HEADER_KEY])
+        except KeyError:
+            raise NeuronSetError(f"{path} is a safetensors file but not a relspec neuron set (no {HEADER_KEY!r} metadata)") from None
         except json.JSONDecodeError as exc:
             raise NeuronSetError(f"{path}: metadata is not valid JSON ({exc})") from None
+        if not isinstance(block, dict) or block.get("format") != FORMAT_NAME:
+            raise NeuronSetError(f"{path} is a safetensors file but not a relspec neuron set")
+        version = block.get("format_version")
+        if version != FORMAT_VERSION:
+            raise NeuronSetError(f"{path} has neuron-set format version {version!r}; this relspec-lmeval reads {FORMAT_VERSION!r}")
+        metadata = block.get("metadata") or {}
         parts: dict[str, dict[Site, torch.Tensor]] = {"indices": {}, "scores": {}, "means": {}}
         for name, tensor in tensors.items():
             match = _TENSOR_NAME.match(name)
@@ -352,6 +357,11 @@ def resolve_set_path(name: str) -> Path:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else (f" Shipped sets: {', '.join(known[:12])}{' …' if len(known) > 12 else ''}." if known else "")
     raise NeuronSetError(f"neuron-set file not found: {name!r} (neither a file nor a shipped set name).{hint}")
+
+
+def union_all(sets: list[NeuronSet]) -> NeuronSet:
+    """One set to apply: the set itself when there is one (keeping its path and means)."""
+    return sets[0] if len(sets) == 1 else sets[0].union(*sets[1:])
 
 
 def load_sets(spec: str) -> list[NeuronSet]:

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random Llamas with an offline tokenizer, and the LRE data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Installed wheels load the hook from relspec_lmeval_hook.pth at start-up; a source checkout
+# (``python -m pytest`` from the repo root) loads it here, before any test imports lm-eval.
+import _relspec_lmeval_hook  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+LRE_DIR = Path(os.environ.get("RELSPEC_LRE_DIR") or REPO.parent / "shared" / "data" / "lre")
+
+# A small English vocabulary: enough for the tasks' prompts to tokenize into known words.
+CORPUS = (
+    "the a of is in on was by which who what where name named company ceo headquartered city "
+    "continent country father mother works as plays instrument sport position product created "
+    "part constellation answer paris france europe asia tennis guitar piano apple google star "
+    "their they it its are and to for with from that this at his her has had"
+).split()
+
+
+def build_tokenizer(path: Path):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(CORPUS)) + list("?:.,'!"))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_llama(path: Path, *, layers: int = 2, hidden: int = 32, ffn: int = 64, seed: int = 0, mlp_bias: bool = False):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        mlp_bias=mlp_bias,
+    )
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_llama(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lre_dir() -> Path:
+    if not (LRE_DIR / "company_ceo.json").is_file():
+        pytest.skip(f"LRE data not found at {LRE_DIR}; set RELSPEC_LRE_DIR")
+    return LRE_DIR
