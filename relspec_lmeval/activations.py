@@ -1,0 +1,369 @@
+"""Per-prompt neuron statistics, collected on the model's device during the forward pass.
+
+A neuron's value for a prompt is its output averaged over the prompt's tokens (BOS
+included, padding excluded through the attention mask). One forward hook per (layer,
+site) turns the [batch, tokens, width] output into [batch, width] means with one batched
+matmul against the mask and writes them into a [batch, neurons] buffer: no Python loop
+over neurons, prompts or tokens.
+
+Two passes use it: ``activation_matrix`` (right-padded forward, one row per prompt: what AP
+is computed from) and ``generate_with_means`` (left-padded greedy generation for the
+correctness filter; the hooks fire in its prefill step only and add every prompt's row to
+a running per-neuron sum, so the means over all of P^det come for free).
+
+Under ``accelerate launch`` each process takes every ``world``-th batch and the results are
+summed across processes (``accelerate.utils.reduce``/``gather_object``); models sharded with
+``device_map`` work because each hook moves its [batch, width] result to the buffer's device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+
+from relspec_lmeval.ablation import find_mlps
+from relspec_lmeval.scoring import NeuronLayout
+
+# ---------------------------------------------------------------------------- processes
+
+
+class Processes:
+    """This process's share of the prompts, and sums across ``accelerate launch`` processes."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = 0
+        self.state = None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self.state = PartialState()
+            self.world, self.rank = self.state.num_processes, self.state.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.state.device if self.state is not None else None
+
+    def mine(self, batches: Sequence[Any]) -> list[Any]:
+        return list(batches[self.rank :: self.world])
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return tensor
+        from accelerate.utils import reduce
+
+        device = self.device
+        if device is None or tensor.device == device or device.type == "cpu":
+            return reduce(tensor, reduction="sum")
+        # a host-memory matrix: reduce it through the accelerator in row chunks
+        step = max(1, (256 << 20) // max(1, tensor[0].numel() * tensor.element_size())) if tensor.dim() > 1 else tensor.numel()
+        for start in range(0, tensor.shape[0], step):
+            part = reduce(tensor[start : start + step].to(device), reduction="sum")
+            tensor[start : start + step].copy_(part.cpu())
+        return tensor
+
+    def merge_lists(self, items: list[Any]) -> list[Any]:
+        """Elementwise merge of per-process lists where each position is filled by one process."""
+        if self.world == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([items])
+        merged = list(items)
+        for part in gathered:
+            for i, value in enumerate(part):
+                if value is not None:
+                    merged[i] = value
+        return merged
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- tokens
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, always starting with exactly one BOS.
+
+    The tokenizer's own special-token behaviour is used (Llama's adds BOS); where it did
+    not add the tokenizer's BOS, it is prepended; a trailing EOS some tokenizers append is
+    dropped. A tokenizer without a BOS token gets none (the prompt's tokens only).
+    """
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    out = []
+    for ids in encoded:
+        ids = list(ids)
+        if eos is not None and eos != bos and len(ids) > 1 and ids[-1] == eos:
+            ids = ids[:-1]
+        if bos is not None and ids[:1] != [bos]:
+            ids = [bos, *ids]
+        out.append(ids)
+    return out
+
+
+def length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Prompt positions grouped into batches of similar length (longest first; deterministic)."""
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if side == "left":
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        else:
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def stats_dtype(model: nn.Module) -> torch.dtype:
+    """float32, or float64 for a float64 model (statistics never lose precision to bf16)."""
+    return torch.promote_types(next(model.parameters()).dtype, torch.float32)
+
+
+# ---------------------------------------------------------------------------- hooks
+
+
+class ActivationRecorder(AbstractContextManager):
+    """Forward hooks that write each prompt's per-neuron token mean into ``self.buffer``.
+
+    Usage: ``with ActivationRecorder(model, layout) as rec: rec.arm(mask); model(...);
+    rec.check()`` → ``rec.buffer`` [batch, neurons]. Only the first call of each hook after
+    ``arm`` records (the prefill of a generation; decoding steps are ignored).
+    """
+
+    def __init__(self, model: nn.Module, layout: NeuronLayout, device: torch.device | None = None) -> None:
+        self.model = model
+        self.layout = layout
+        self.device = device or input_device(model)
+        self.dtype = stats_dtype(model)
+        self.mlps = find_mlps(model)
+        if len(self.mlps) != layout.num_layers:
+            raise ValueError(f"model has {len(self.mlps)} MLP layers, layout expects {layout.num_layers}")
+        self.handles: list[Any] = []
+        self.buffer: torch.Tensor | None = None
+        self._pending: set[int] = set()
+        self._masks: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mask: torch.Tensor | None = None
+
+    def __enter__(self) -> ActivationRecorder:
+        try:
+            for layer, site, offset, width in self.layout.sites():
+                module = getattr(self.mlps[layer], site)
+                self.handles.append(module.register_forward_hook(self._hook(offset, width)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+    def arm(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Prepare for one batch; returns the (zeroed) buffer the hooks will fill."""
+        batch = attention_mask.shape[0]
+        if self.buffer is None or self.buffer.shape[0] < batch:
+            self.buffer = torch.empty((batch, self.layout.total), dtype=self.dtype, device=self.device)
+        self._mask = attention_mask
+        self._masks.clear()
+        self._pending = {offset for _, _, offset, _ in self.layout.sites()}
+        return self.buffer[:batch]
+
+    def check(self) -> torch.Tensor:
+        if self._pending:
+            raise RuntimeError(f"{len(self._pending)} MLP sites produced no output in the forward pass")
+        assert self._mask is not None and self.buffer is not None
+        return self.buffer[: self._mask.shape[0]]
+
+    def _weights(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # [batch, 1, tokens] mask and [batch, 1] 1/length, once per device per batch
+        if device not in self._masks:
+            assert self._mask is not None
+            mask = self._mask.to(device=device, dtype=self.dtype)
+            inverse_length = 1.0 / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
+            self._masks[device] = (mask.unsqueeze(1), inverse_length)
+        return self._masks[device]
+
+    def _hook(self, offset: int, width: int) -> Callable:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if offset not in self._pending:
+                return None
+            out = output[0] if isinstance(output, tuple) else output
+            assert self._mask is not None and self.buffer is not None
+            if out.dim() != 3 or tuple(out.shape[:2]) != tuple(self._mask.shape):
+                return None  # not the prompt's forward (e.g. a decoding step)
+            self._pending.discard(offset)
+            mask, inverse_length = self._weights(out.device)
+            means = torch.bmm(mask, out.to(self.dtype)).squeeze(1) * inverse_length  # [batch, width]
+            self.buffer[: out.shape[0], offset : offset + width].copy_(means, non_blocking=True)
+            return None
+
+        return hook
+
+
+# ---------------------------------------------------------------------------- passes
+
+
+def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Arguments that skip work the statistics do not need (the cache; logits but one)."""
+    params = inspect.signature(model.forward).parameters
+    kwargs: dict[str, Any] = {"use_cache": False}
+    if "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = 1
+    elif "num_logits_to_keep" in params:
+        kwargs["num_logits_to_keep"] = 1
+    return kwargs
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled or None, leave=False, dynamic_ncols=True)
+
+
+def _check_finite(values: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"non-finite neuron outputs in {what} (overflow in the model's dtype?); rerun with --dtype float32 or bfloat16"
+        )
+
+
+@torch.inference_mode()
+def activation_matrix(
+    model: nn.Module,
+    encoded: Sequence[Sequence[int]],
+    layout: NeuronLayout,
+    *,
+    batch_size: int,
+    pad_id: int,
+    matrix_device: torch.device | str = "cpu",
+    processes: Processes | None = None,
+    desc: str = "statistics",
+    progress: bool = True,
+) -> torch.Tensor:
+    """[prompts, neurons] per-prompt token means (right padding; rows in ``encoded`` order)."""
+    processes = processes or Processes()
+    device = input_device(model)
+    dtype = stats_dtype(model)
+    matrix = torch.zeros((len(encoded), layout.total), dtype=dtype, device=matrix_device)
+    kwargs = _forward_kwargs(model)
+    mine = processes.mine(length_batches(encoded, batch_size))
+    with ActivationRecorder(model, layout, device) as recorder, _progress(
+        sum(len(b) for b in mine), desc, progress and processes.is_main
+    ) as bar:
+        for rows in mine:
+            ids, mask = pad_batch([encoded[i] for i in rows], pad_id, "right", device)
+            recorder.arm(mask)
+            model(input_ids=ids, attention_mask=mask, **kwargs)
+            values = recorder.check()
+            index = torch.tensor(rows, dtype=torch.long, device=matrix.device)
+            matrix.index_copy_(0, index, values.to(matrix.device, non_blocking=True))
+            bar.update(len(rows))
+    matrix = processes.sum(matrix) if processes.world > 1 else matrix
+    _check_finite(matrix, desc)
+    return matrix
+
+
+@torch.inference_mode()
+def generate_with_means(
+    model: nn.Module,
+    tokenizer: Any,
+    encoded: Sequence[Sequence[int]],
+    layout: NeuronLayout | None,
+    *,
+    batch_size: int,
+    max_new_tokens: int = 2,
+    generate: bool = True,
+    processes: Processes | None = None,
+    desc: str = "correctness filter",
+    progress: bool = True,
+) -> tuple[list[str] | None, torch.Tensor | None]:
+    """Greedy continuations (new tokens only, decoded) and the per-neuron sum of prompt means.
+
+    With ``generate=False`` only the sums are collected (one plain forward per batch).
+    ``layout=None`` skips the sums. Returns (texts or None, float64 [neurons] sum or None).
+    """
+    processes = processes or Processes()
+    device = input_device(model)
+    pad = pad_token_id(tokenizer)
+    texts: list[str | None] = [None] * len(encoded)
+    total = torch.zeros(layout.total, dtype=torch.float64, device=device) if layout is not None else None
+    mine = processes.mine(length_batches(encoded, batch_size))
+    generation_config = None
+    if generate:
+        from transformers import GenerationConfig
+
+        generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+    kwargs = _forward_kwargs(model)
+    recorder = ActivationRecorder(model, layout, device) if layout is not None else None
+    with recorder if recorder is not None else _Null(), _progress(
+        sum(len(b) for b in mine), desc, progress and processes.is_main
+    ) as bar:
+        for rows in mine:
+            ids, mask = pad_batch([encoded[i] for i in rows], pad, "left" if generate else "right", device)
+            if recorder is not None:
+                recorder.arm(mask)
+            if generate:
+                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config)
+                new = out[:, ids.shape[1] :].tolist()
+                for i, tokens in zip(rows, new):
+                    texts[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+            else:
+                model(input_ids=ids, attention_mask=mask, **kwargs)
+            if recorder is not None and total is not None:
+                values = recorder.check()
+                _check_finite(values, desc)
+                total += values.sum(dim=0, dtype=torch.float64)
+            bar.update(len(rows))
+    if total is not None:
+        total = processes.sum(total).cpu()
+    if not generate:
+        return None, total
+    merged = processes.merge_lists(texts)
+    return [t if t is not None else "" for t in merged], total
+
+
+class _Null(AbstractContextManager):
+    def __exit__(self, *exc: Any) -> None:
+        return None

@@ -1,0 +1,333 @@
+"""Scoring neurons: batched average precision, top-k selection, and the scores file.
+
+Every neuron of a model has a *flat index*: layers in order, and inside a layer
+``gate_proj`` (intermediate_size channels), then ``up_proj`` (intermediate_size), then
+``down_proj`` (hidden_size). Sorting by flat index is sorting by (layer, site, index), the
+documented tie-break of the ranking, so one stable sort does the whole selection.
+
+The scores file (``<out>/scores/<relation>.safetensors``, see docs/identification.md) holds
+every neuron's AP and mean, per (layer, site): ``layers.{L}.{site}.ap`` and
+``layers.{L}.{site}.means`` (float32, one value per channel), and a single safetensors
+metadata entry ``relspec`` = JSON ``{"format": "relspec-neuron-scores", "format_version":
+"1", "metadata": {...}}``. Plain safetensors, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, NeuronSetError
+
+SCORES_FORMAT = "relspec-neuron-scores"
+SCORES_FORMAT_VERSION = "1"
+HEADER_KEY = "relspec"
+SELECT_MODES = ("top", "both")
+_SCORE_TENSOR = re.compile(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.(ap|means)$")
+
+# Bytes of working memory per (prompt, neuron) element in ``average_precision``: the sorted
+# values, sort order, labels, counts, precision and cumulative maxima together.
+AP_BYTES_PER_ELEMENT = 64
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class NeuronLayout:
+    """Where each (layer, site) lives in the flat neuron vector."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+
+    @classmethod
+    def from_shape(cls, shape: ModelShape) -> NeuronLayout:
+        return cls(shape.num_layers, shape.hidden_size, shape.intermediate_size)
+
+    def width(self, site: str) -> int:
+        return self.hidden_size if site == "down_proj" else self.intermediate_size
+
+    @property
+    def per_layer(self) -> int:
+        return 2 * self.intermediate_size + self.hidden_size
+
+    @property
+    def total(self) -> int:
+        return self.num_layers * self.per_layer
+
+    def offset(self, layer: int, site: str) -> int:
+        return layer * self.per_layer + SITES.index(site) * self.intermediate_size
+
+    def sites(self) -> list[tuple[int, str, int, int]]:
+        """(layer, site, flat offset, width) for every site, in flat order."""
+        return [(layer, site, self.offset(layer, site), self.width(site)) for layer in range(self.num_layers) for site in SITES]
+
+    def split(self, flat: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+        """A flat per-neuron vector → one tensor per (layer, site)."""
+        if flat.shape[-1] != self.total:
+            raise NeuronSetError(f"expected {self.total} neurons, got {flat.shape[-1]}")
+        return {(layer, site): flat[..., off : off + width] for layer, site, off, width in self.sites()}
+
+    def join(self, parts: Mapping[tuple[int, str], torch.Tensor]) -> torch.Tensor:
+        """Inverse of ``split``."""
+        missing = [(layer, site) for layer, site, _, _ in self.sites() if (layer, site) not in parts]
+        if missing:
+            raise NeuronSetError(f"missing per-site tensors for {missing[:3]}{' …' if len(missing) > 3 else ''}")
+        for layer, site, _, width in self.sites():
+            if parts[(layer, site)].shape[-1] != width:
+                raise NeuronSetError(f"layer {layer} {site}: {parts[(layer, site)].shape[-1]} values for width {width}")
+        return torch.cat([parts[(layer, site)] for layer, site, _, _ in self.sites()], dim=-1)
+
+    def group(self, flat_index: torch.Tensor) -> dict[tuple[int, str], torch.Tensor]:
+        """Flat indices → channel indices per (layer, site) (positions into ``flat_index`` kept in order)."""
+        flat_index = flat_index.to(torch.int64).cpu()
+        out: dict[tuple[int, str], torch.Tensor] = {}
+        for layer, site, off, width in self.sites():
+            hit = (flat_index >= off) & (flat_index < off + width)
+            if bool(hit.any()):
+                out[(layer, site)] = flat_index[hit] - off
+        return out
+
+    def metadata(self) -> dict[str, int]:
+        return {"num_layers": self.num_layers, "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size}
+
+
+# ---------------------------------------------------------------------------- AP
+
+
+def average_precision(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """AP of every column of ``values`` [prompts, neurons] as a score for ``labels`` [prompts].
+
+    Same definition as ``sklearn.metrics.average_precision_score`` (ties included): sort
+    descending, one threshold per distinct value, AP = sum over thresholds of
+    (recall step) × (precision at that threshold). Computed for all columns at once on
+    ``values``' device, precision in float64. Returns float64 [neurons].
+    """
+    if values.dim() != 2:
+        raise ValueError(f"values must be [prompts, neurons], got shape {tuple(values.shape)}")
+    n, cols = values.shape
+    labels = labels.to(device=values.device, dtype=torch.bool).flatten()
+    if labels.numel() != n:
+        raise ValueError(f"{labels.numel()} labels for {n} prompts")
+    positives = int(labels.sum())
+    if positives == 0:
+        raise ValueError("average precision needs at least one positive prompt")
+    if cols == 0:
+        return torch.zeros(0, dtype=torch.float64, device=values.device)
+    sorted_values, order = torch.sort(values, dim=0, descending=True)
+    hits = labels.to(torch.int32)[order]  # [n, cols]: 1 where the prompt at that rank is positive
+    del order
+    true_pos = torch.cumsum(hits, dim=0, dtype=torch.int32)
+    del hits
+    # A threshold ends where the next value differs (or at the last rank): tied prompts enter together.
+    is_end = torch.ones_like(sorted_values, dtype=torch.bool)
+    is_end[:-1] = sorted_values[:-1] != sorted_values[1:]
+    del sorted_values
+    at_end = torch.where(is_end, true_pos, 0)
+    # true positives at the previous threshold: running maximum of the end values, shifted by one
+    previous = torch.zeros_like(at_end)
+    if n > 1:
+        previous[1:] = torch.cummax(at_end, dim=0).values[:-1]
+    step = torch.where(is_end, true_pos - previous, 0)  # new positives at this threshold
+    del previous, at_end, is_end
+    ranks = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).unsqueeze(1)
+    precision = true_pos.to(torch.float64) / ranks
+    return (step.to(torch.float64) * precision).sum(dim=0) / positives
+
+
+def ap_chunk_size(num_prompts: int, budget_bytes: int) -> int:
+    """Neurons per AP chunk so the working memory stays under ``budget_bytes``."""
+    return max(1, int(budget_bytes) // max(1, num_prompts * AP_BYTES_PER_ELEMENT))
+
+
+def average_precision_chunked(
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device | str | None = None,
+    budget_bytes: int = 1 << 30,
+    progress: Any = None,
+) -> torch.Tensor:
+    """``average_precision`` over column chunks (moved to ``device`` one at a time); float64 on CPU."""
+    device = torch.device(device) if device is not None else values.device
+    n, cols = values.shape
+    chunk = ap_chunk_size(n, budget_bytes)
+    labels = labels.to(device)
+    out = torch.empty(cols, dtype=torch.float64)
+    for start in range(0, cols, chunk):
+        stop = min(cols, start + chunk)
+        block = values[:, start:stop].to(device, non_blocking=True)
+        out[start:stop] = average_precision(block, labels).cpu()
+        if progress is not None:
+            progress.update(stop - start)
+    return out
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def select_flat(scores: torch.Tensor, k: int, select: str = "top", skip: int = 0) -> torch.Tensor:
+    """Flat indices (sorted ascending) of the chosen neurons.
+
+    ``top``: the k highest scores (after skipping the ``skip`` highest); ``both``: the
+    ⌈k/2⌉ highest and the ⌊k/2⌋ lowest of the rest. Ties go to the lower flat index, i.e.
+    (layer, site, index) order.
+    """
+    scores = scores.detach().cpu().flatten()
+    total = scores.numel()
+    if select not in SELECT_MODES:
+        raise NeuronSetError(f"unknown selection {select!r}; choose one of {', '.join(SELECT_MODES)}")
+    if k < 1:
+        raise NeuronSetError(f"k must be at least 1, got {k}")
+    if skip < 0:
+        raise NeuronSetError(f"skip must be ≥ 0, got {skip}")
+    if skip and select != "top":
+        raise NeuronSetError("skipping ranks works with select=top only")
+    if k + skip > total:
+        raise NeuronSetError(f"k={k}{f' + skip={skip}' if skip else ''} is larger than the model's {total} neurons")
+    if bool(torch.isnan(scores).any()):
+        raise NeuronSetError("scores contain NaN")
+    descending = torch.argsort(scores, descending=True, stable=True)
+    if select == "top":
+        chosen = descending[skip : skip + k]
+    else:
+        n_top = k - k // 2
+        # lowest scores of the remaining neurons; a stable sort of the index-ordered rest
+        # gives ties to the lower flat index again
+        rest = torch.sort(descending[n_top:]).values
+        lowest = rest[torch.argsort(scores[rest], stable=True)]
+        chosen = torch.cat([descending[:n_top], lowest[: k // 2]])
+    return torch.sort(chosen).values
+
+
+def neuron_set_from_scores(
+    layout: NeuronLayout,
+    ap: torch.Tensor,
+    means: torch.Tensor,
+    k: int,
+    select: str = "top",
+    metadata: Mapping[str, Any] | None = None,
+    skip: int = 0,
+) -> NeuronSet:
+    """The top-k (or both) neuron set with its scores and means."""
+    ap32 = ap.detach().cpu().to(torch.float32)
+    chosen = select_flat(ap32, k, select, skip)
+    grouped = layout.group(chosen)
+    scores_by_site: dict[tuple[int, str], torch.Tensor] = {}
+    means_by_site: dict[tuple[int, str], torch.Tensor] = {}
+    means32 = means.detach().cpu().to(torch.float32)
+    for key, index in grouped.items():
+        flat = index + layout.offset(*key)
+        scores_by_site[key] = ap32[flat]
+        means_by_site[key] = means32[flat]
+    return NeuronSet(grouped, dict(metadata or {}), scores=scores_by_site, means=means_by_site)
+
+
+# ---------------------------------------------------------------------------- scores file
+
+
+@dataclass
+class Scores:
+    """AP and mean of every neuron of one model for one relation."""
+
+    layout: NeuronLayout
+    ap: torch.Tensor  # float32 [total], flat order
+    means: torch.Tensor  # float32 [total], flat order
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ap", "means"):
+            value = torch.as_tensor(getattr(self, name)).detach().cpu().to(torch.float32).flatten()
+            if value.numel() != self.layout.total:
+                raise NeuronSetError(f"scores: {value.numel()} {name} values for {self.layout.total} neurons")
+            setattr(self, name, value)
+
+    @property
+    def relation(self) -> str | None:
+        return self.metadata.get("relation")
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, flat in (("ap", self.ap), ("means", self.means)):
+            for (layer, site), part in self.layout.split(flat).items():
+                tensors[f"layers.{layer}.{site}.{name}"] = part.contiguous().clone()
+        return tensors
+
+    def to_neuron_set(self, k: int, select: str = "top", metadata: Mapping[str, Any] | None = None, skip: int = 0) -> NeuronSet:
+        return neuron_set_from_scores(self.layout, self.ap, self.means, k, select, metadata, skip)
+
+
+def save_scores(scores: Scores, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename): an interrupted save leaves no partial file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise NeuronSetError(f"scores files end in .safetensors: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {**scores.metadata, "model": {**(scores.metadata.get("model") or {}), **scores.layout.metadata()}}
+    header = {
+        HEADER_KEY: json.dumps(
+            {"format": SCORES_FORMAT, "format_version": SCORES_FORMAT_VERSION, "metadata": metadata}, sort_keys=True
+        )
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(scores.to_tensors(), tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    scores.metadata = metadata
+    scores.path = path
+    return path
+
+
+def load_scores(path: str | os.PathLike) -> Scores:
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise NeuronSetError(f"scores file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise NeuronSetError(f"{path} is not a readable safetensors scores file ({exc})") from None
+    try:
+        block = json.loads(header[HEADER_KEY])
+        fmt, version, metadata = block["format"], block["format_version"], block["metadata"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise NeuronSetError(f"{path} is not a relspec scores file (no valid {HEADER_KEY!r} metadata)") from None
+    if fmt != SCORES_FORMAT:
+        hint = " (it is a neuron set; pass a file from <out>/scores/)" if fmt == "relspec-neuron-set" else ""
+        raise NeuronSetError(f"{path} is a {fmt!r} file, not a {SCORES_FORMAT!r} file{hint}")
+    if version != SCORES_FORMAT_VERSION:
+        raise NeuronSetError(f"{path} has scores format version {version!r}; this relspec-lmeval reads {SCORES_FORMAT_VERSION!r}")
+    model = metadata.get("model") or {}
+    try:
+        layout = NeuronLayout(int(model["num_layers"]), int(model["hidden_size"]), int(model["intermediate_size"]))
+    except (KeyError, TypeError, ValueError):
+        raise NeuronSetError(f"{path}: metadata lacks the model shape (num_layers, hidden_size, intermediate_size)") from None
+    parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {"ap": {}, "means": {}}
+    for name, tensor in tensors.items():
+        match = _SCORE_TENSOR.match(name)
+        if not match:
+            raise NeuronSetError(f"{path}: unexpected tensor {name!r} (expected layers.<L>.<site>.ap|means)")
+        parts[match.group(3)][(int(match.group(1)), match.group(2))] = tensor
+    try:
+        return Scores(layout, layout.join(parts["ap"]), layout.join(parts["means"]), metadata, path=path)
+    except NeuronSetError as exc:
+        raise NeuronSetError(f"{path}: {exc}") from None
