@@ -78,9 +78,16 @@ doc_to_text: ""
 doc_to_target: "{{{{text}}}}"
 num_fewshot: 0
 metric_list:
+  # Spelled out: lm-eval warns once per task and metric when these are left to defaults.
   - metric: word_perplexity
+    aggregation: weighted_perplexity
+    higher_is_better: false
   - metric: byte_perplexity
+    aggregation: weighted_perplexity
+    higher_is_better: false
   - metric: bits_per_byte
+    aggregation: bits_per_byte
+    higher_is_better: false
 metadata:
   version: {VERSION}
 """
