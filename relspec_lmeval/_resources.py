@@ -55,8 +55,6 @@ def list_shipped_neuron_sets() -> list[str]:
         root = resource_dir("neuron_sets")
     except FileNotFoundError:
         return []
-    return sorted(
-        str(p.relative_to(root).with_suffix(""))
-        for p in root.rglob("*.safetensors")
-        if "scores" not in p.parts and "random" not in p.parts
-    )
+    names = (p.relative_to(root) for p in root.rglob("*.safetensors"))
+    # scores/ and random/ hold identification scores and controls, not sets to name
+    return sorted(str(n.with_suffix("")) for n in names if not {"scores", "random"} & set(n.parts))

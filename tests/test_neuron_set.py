@@ -153,3 +153,19 @@ def test_names_and_unions(tmp_path):
         resolve_set_path("relspec-tiny/no_such_relation")
     with pytest.raises(NeuronSetError, match="empty neuron-set name"):
         load_sets(f"{a}+")
+
+
+def test_short_names_resolve_to_shipped_files(tmp_path, monkeypatch):
+    from relspec_lmeval import _resources
+    from relspec_lmeval.model import resolve_pretrained
+
+    (tmp_path / "models" / "relspec-tiny").mkdir(parents=True)
+    make_set().save(tmp_path / "neuron_sets" / "relspec-tiny" / "person_father.safetensors")
+    make_set().save(tmp_path / "neuron_sets" / "relspec-tiny" / "random" / "person_father-seed0.safetensors")
+    monkeypatch.setattr(_resources, "resource_dir", lambda name: tmp_path / name)
+    assert resolve_pretrained("relspec-tiny") == str(tmp_path / "models" / "relspec-tiny")
+    assert resolve_pretrained("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    assert resolve_set_path("relspec-tiny/person_father") == tmp_path / "neuron_sets" / "relspec-tiny" / "person_father.safetensors"
+    assert _resources.list_shipped_neuron_sets() == ["relspec-tiny/person_father"]  # controls are not listed
+    with pytest.raises(NeuronSetError, match="Did you mean: relspec-tiny/person_father"):
+        resolve_set_path("relspec-tiny/person_fathr")
