@@ -549,7 +549,6 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             result.neuron_set = scores.to_neuron_set(cfg.k, cfg.select, {**meta, "k": cfg.k, "select": cfg.select})
             result.set_path = result.neuron_set.save(out / f"{relation}.safetensors")
         results.append(result)
-        gc.collect()
 
     summary = _summary(results, pool, model_block, parameters, cfg, layout)
     if processes.is_main:

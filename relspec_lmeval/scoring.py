@@ -141,7 +141,9 @@ def average_precision(values: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     del previous, at_end, is_end
     ranks = torch.arange(1, n + 1, device=values.device, dtype=torch.float64).unsqueeze(1)
     precision = true_pos.to(torch.float64) / ranks
-    return (step.to(torch.float64) * precision).sum(dim=0) / positives
+    # A running sum down the prompts: the same addition order whatever the number of columns,
+    # so chunking over neurons (memory budget) never changes a single bit of the result.
+    return torch.cumsum(step.to(torch.float64) * precision, dim=0)[-1] / positives
 
 
 def ap_chunk_size(num_prompts: int, budget_bytes: int) -> int:
