@@ -38,18 +38,22 @@ def sklearn_ap(values: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     return np.array([sklearn_metrics.average_precision_score(y, values[:, j].numpy()) for j in range(values.shape[1])])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])  # packed-key and gather paths
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 40, 257])
 @pytest.mark.parametrize("levels", [2, 5, None])  # few distinct values (many ties) … continuous
-def test_ap_matches_sklearn_with_ties(n, levels):
+def test_ap_matches_sklearn_with_ties(n, levels, dtype):
     g = torch.Generator().manual_seed(n * 31 + (levels or 0))
-    cols = 50
-    values = torch.randint(0, levels, (n, cols), generator=g).float() if levels else torch.randn(n, cols, generator=g)
+    cols = 40
+    values = torch.randint(-1, levels, (n, cols), generator=g).float() if levels else torch.randn(n, cols, generator=g)
     values[:, 0] = 1.0  # a column with one value: every prompt tied
+    values[: n // 2, 1], values[n // 2 :, 1] = -0.0, 0.0  # -0.0 and 0.0 tie, as in sklearn
+    values[:, 2] = -values[:, 3].abs() * 1e-30  # tiny negatives
+    values = values.to(dtype)
     labels = torch.rand(n, generator=g) < 0.3
     labels[0] = True
     ours = average_precision(values, labels)
     assert ours.dtype == torch.float64
-    np.testing.assert_allclose(ours.numpy(), sklearn_ap(values, labels), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours.numpy(), sklearn_ap(values.double(), labels), rtol=0, atol=1e-12)
 
 
 def test_ap_all_positive_and_float64_inputs():
@@ -66,9 +70,10 @@ def test_ap_needs_a_positive_and_matching_labels():
 
 
 @pytest.mark.parametrize("budget", [1, 64 * 30 * 7, 1 << 30])
-def test_chunked_ap_equals_unchunked(budget):
+@pytest.mark.parametrize("ties", [True, False])
+def test_chunked_ap_equals_unchunked(budget, ties):
     g = torch.Generator().manual_seed(1)
-    values = torch.randint(0, 4, (30, 101), generator=g).float()
+    values = torch.randint(0, 4, (30, 101), generator=g).float() if ties else torch.randn(30, 101, generator=g)
     labels = torch.arange(30) % 3 == 0
     whole = average_precision(values, labels)
     chunked = average_precision_chunked(values, labels, budget_bytes=budget)
