@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # provenance: the command as given
     from relspec_lmeval.ablation import UnsupportedModelError
     from relspec_lmeval.neuron_set import NeuronSetError
 
