@@ -524,13 +524,13 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             )
         )
         result.seconds["statistics"] = time.perf_counter() - start
-        start = time.perf_counter()
-        ap = average_precision_chunked(
-            matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0))
-        )
-        result.seconds["ap"] = time.perf_counter() - start
-        del matrix
-        if processes.is_main:
+        if processes.is_main:  # the other processes only helped with the statistics
+            start = time.perf_counter()
+            ap = average_precision_chunked(
+                matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0))
+            )
+            result.seconds["ap"] = time.perf_counter() - start
+            matrix = None  # free it before the next relation's pass
             data_block = {
                 "source": pool.source,
                 "relations": pool.relations,
@@ -548,6 +548,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             result.scores_path = save_scores(scores, out / "scores" / f"{relation}.safetensors")
             result.neuron_set = scores.to_neuron_set(cfg.k, cfg.select, {**meta, "k": cfg.k, "select": cfg.select})
             result.set_path = result.neuron_set.save(out / f"{relation}.safetensors")
+        matrix = None
         results.append(result)
 
     summary = _summary(results, pool, model_block, parameters, cfg, layout)
