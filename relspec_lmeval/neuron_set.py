@@ -243,49 +243,13 @@ class NeuronSet:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: an interrupted save leaves no partial file behind."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.suffix != SUFFIX:
-            raise NeuronSetError(f"neuron-set files end in {SUFFIX}: {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        header = {HEADER_KEY: json.dumps({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": self.metadata}, sort_keys=True)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(self.to_tensors(), tmp, metadata=header)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self.path = path
-        return path
+        self.path = write_relspec_file(self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata)
+        return self.path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NeuronSet:
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise NeuronSetError(f"neuron-set file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise NeuronSetError(f"{path} is not a readable safetensors neuron-set file ({exc})") from None
-        try:
-            block = json.loads(header[HEADER_KEY])
-        except KeyError:
-            raise NeuronSetError(f"{path} is a safetensors file but not a relspec neuron set (no {HEADER_KEY!r} metadata)") from None
-        except json.JSONDecodeError as exc:
-            raise NeuronSetError(f"{path}: metadata is not valid JSON ({exc})") from None
-        if not isinstance(block, dict) or block.get("format") != FORMAT_NAME:
-            raise NeuronSetError(f"{path} is a safetensors file but not a relspec neuron set")
-        version = block.get("format_version")
-        if version != FORMAT_VERSION:
-            raise NeuronSetError(f"{path} has neuron-set format version {version!r}; this relspec-lmeval reads {FORMAT_VERSION!r}")
-        metadata = block.get("metadata") or {}
+        tensors, metadata = read_relspec_file(path, FORMAT_NAME, FORMAT_VERSION, "neuron-set")
         parts: dict[str, dict[Site, torch.Tensor]] = {"indices": {}, "scores": {}, "means": {}}
         for name, tensor in tensors.items():
             match = _TENSOR_NAME.match(name)
@@ -331,6 +295,57 @@ def _merged_means(sets: Iterable[NeuronSet]) -> dict[tuple[int, str, int], float
             for i, m in zip(idx.tolist(), s.means[key].tolist()):
                 merged[(key[0], key[1], i)] = m
     return merged
+
+
+def write_relspec_file(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str, version: str, metadata: Mapping[str, Any]
+) -> Path:
+    """Save tensors plus the one ``relspec`` metadata entry, atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise NeuronSetError(f"relspec files end in {SUFFIX}: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {HEADER_KEY: json.dumps({"format": fmt, "format_version": version, "metadata": metadata}, sort_keys=True)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(dict(tensors), tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a relspec safetensors file of format ``fmt``; never unpickles."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise NeuronSetError(f"{what} file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise NeuronSetError(f"{path} is not a readable safetensors {what} file ({exc})") from None
+    try:
+        block = json.loads(header[HEADER_KEY])
+    except KeyError:
+        raise NeuronSetError(f"{path} is a safetensors file but not a relspec {what} file (no {HEADER_KEY!r} metadata)") from None
+    except json.JSONDecodeError as exc:
+        raise NeuronSetError(f"{path}: metadata is not valid JSON ({exc})") from None
+    found = block.get("format") if isinstance(block, dict) else None
+    if found != fmt:
+        hint = " (it is a neuron set; pass a file from <out>/scores/)" if found == FORMAT_NAME else ""
+        raise NeuronSetError(f"{path} is a {found!r} file, not a relspec {what} file ({fmt!r}){hint}")
+    if block.get("format_version") != version:
+        raise NeuronSetError(
+            f"{path} has {what} format version {block.get('format_version')!r}; this relspec-lmeval reads {version!r}"
+        )
+    return tensors, block.get("metadata") or {}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

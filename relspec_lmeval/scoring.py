@@ -14,10 +14,8 @@ metadata entry ``relspec`` = JSON ``{"format": "relspec-neuron-scores", "format_
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +23,17 @@ from typing import Any
 
 import torch
 
-from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, NeuronSetError
+from relspec_lmeval.neuron_set import (
+    SITES,
+    ModelShape,
+    NeuronSet,
+    NeuronSetError,
+    read_relspec_file,
+    write_relspec_file,
+)
 
 SCORES_FORMAT = "relspec-neuron-scores"
 SCORES_FORMAT_VERSION = "1"
-HEADER_KEY = "relspec"
 SELECT_MODES = ("top", "both")
 _SCORE_TENSOR = re.compile(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.(ap|means)$")
 
@@ -316,53 +320,16 @@ class Scores:
 
 def save_scores(scores: Scores, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename): an interrupted save leaves no partial file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise NeuronSetError(f"scores files end in .safetensors: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {**scores.metadata, "model": {**(scores.metadata.get("model") or {}), **scores.layout.metadata()}}
-    header = {
-        HEADER_KEY: json.dumps(
-            {"format": SCORES_FORMAT, "format_version": SCORES_FORMAT_VERSION, "metadata": metadata}, sort_keys=True
-        )
-    }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(scores.to_tensors(), tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = write_relspec_file(scores.to_tensors(), path, SCORES_FORMAT, SCORES_FORMAT_VERSION, metadata)
     scores.metadata = metadata
     scores.path = path
     return path
 
 
 def load_scores(path: str | os.PathLike) -> Scores:
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise NeuronSetError(f"scores file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise NeuronSetError(f"{path} is not a readable safetensors scores file ({exc})") from None
-    try:
-        block = json.loads(header[HEADER_KEY])
-        fmt, version, metadata = block["format"], block["format_version"], block["metadata"]
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise NeuronSetError(f"{path} is not a relspec scores file (no valid {HEADER_KEY!r} metadata)") from None
-    if fmt != SCORES_FORMAT:
-        hint = " (it is a neuron set; pass a file from <out>/scores/)" if fmt == "relspec-neuron-set" else ""
-        raise NeuronSetError(f"{path} is a {fmt!r} file, not a {SCORES_FORMAT!r} file{hint}")
-    if version != SCORES_FORMAT_VERSION:
-        raise NeuronSetError(f"{path} has scores format version {version!r}; this relspec-lmeval reads {SCORES_FORMAT_VERSION!r}")
+    tensors, metadata = read_relspec_file(path, SCORES_FORMAT, SCORES_FORMAT_VERSION, "scores")
     model = metadata.get("model") or {}
     try:
         layout = NeuronLayout(int(model["num_layers"]), int(model["hidden_size"]), int(model["intermediate_size"]))

@@ -76,3 +76,24 @@ def lre_dir() -> Path:
     if not (LRE_DIR / "company_ceo.json").is_file():
         pytest.skip(f"LRE data not found at {LRE_DIR}; set RELSPEC_LRE_DIR")
     return LRE_DIR
+
+
+@pytest.fixture()
+def lre_env(lre_dir, monkeypatch, tmp_path_factory) -> Path:
+    """Read the local LRE copy; never download, never touch the user's cache."""
+    monkeypatch.setenv("RELSPEC_LRE_DIR", str(lre_dir))
+    monkeypatch.setenv("RELSPEC_OFFLINE", "1")
+    monkeypatch.setenv("RELSPEC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.delenv("RELSPEC_LRE_URL", raising=False)
+    return lre_dir
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny tensors on 2 shared cores: one thread avoids oversubscription (ops ~100x slower otherwise)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

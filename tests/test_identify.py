@@ -26,15 +26,6 @@ from relspec_lmeval.scoring import load_scores
 WORDS = "paris france europe asia tennis guitar piano apple google star".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared machine: one thread avoids oversubscription (100× slower ops)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_lre_folder(folder: Path, objects: dict[tuple[str, str], str] | None = None, subjects: int = 10) -> Path:
     """All 12 paper relations, ``subjects`` subjects each (half of them end up in P^det)."""
     folder.mkdir(parents=True, exist_ok=True)

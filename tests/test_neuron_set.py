@@ -118,7 +118,7 @@ def test_wrong_format_version_and_foreign_files(tmp_path):
         NeuronSet.load(future)
     foreign = tmp_path / "foreign.safetensors"
     foreign.write_bytes(_rewrite_header(data, lambda h: h.pop("__metadata__")))
-    with pytest.raises(NeuronSetError, match="not a relspec neuron set"):
+    with pytest.raises(NeuronSetError, match="not a relspec neuron-set file"):
         NeuronSet.load(foreign)
     from safetensors.torch import save_file
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -24,19 +22,10 @@ from relspec_lmeval.relations import (
     resolve_lre_dir,
 )
 
-LRE_DIR = Path(os.environ.get("RELSPEC_LRE_DIR") or Path(__file__).resolve().parents[2] / "shared/data/lre")
+from conftest import LRE_DIR
 
+pytestmark = pytest.mark.usefixtures("lre_env")  # every test reads the local LRE copy
 
-@pytest.fixture(autouse=True)
-def lre_env(monkeypatch, tmp_path_factory):
-    """Read the local LRE copy; never download, never touch the user's cache."""
-    if not any(LRE_DIR.glob("*.json")):
-        pytest.skip(f"LRE data not found at {LRE_DIR}; set RELSPEC_LRE_DIR")
-    monkeypatch.setenv("RELSPEC_LRE_DIR", str(LRE_DIR))
-    monkeypatch.setenv("RELSPEC_OFFLINE", "1")
-    monkeypatch.setenv("RELSPEC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.delenv("RELSPEC_LRE_URL", raising=False)
-    return LRE_DIR
 
 
 PAPER_ORDER = (
@@ -234,6 +223,7 @@ def test_ppl_docs():
         (" Tim", [" Tim Cook "], True),
     ],
 )
+
 def test_is_correct(generated, golds, expected):
     assert is_correct(generated, golds) is expected
 

@@ -24,15 +24,6 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 LAYOUT = NeuronLayout(num_layers=2, hidden_size=3, intermediate_size=4)  # 2 × (4 + 4 + 3) = 22 neurons
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared machine: one thread avoids oversubscription (100× slower ops)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sklearn_ap(values: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     y = labels.numpy().astype(int)
     return np.array([sklearn_metrics.average_precision_score(y, values[:, j].numpy()) for j in range(values.shape[1])])

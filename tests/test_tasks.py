@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -14,21 +13,14 @@ import pytest
 from relspec_lmeval._resources import task_dir
 from relspec_lmeval.relations import RELATIONS, build_docs, docs_hash
 
+from conftest import LRE_DIR
+
+pytestmark = pytest.mark.usefixtures("lre_env")  # every test reads the local LRE copy
+
+
 REPO = Path(__file__).resolve().parents[1]
-LRE_DIR = Path(os.environ.get("RELSPEC_LRE_DIR") or REPO.parent / "shared/data/lre")
 LANG_GROUPS = [f"relation_recall_{lang}" for lang in ("de", "es", "fr", "zh", "ja")]
 GROUPS = ["relation_recall", "relation_recall_det", "relation_recall_t2", "relation_ppl", *LANG_GROUPS]
-
-
-@pytest.fixture(autouse=True)
-def lre_env(monkeypatch, tmp_path_factory):
-    """Read the local LRE copy; never download, never touch the user's cache."""
-    if not any(LRE_DIR.glob("*.json")):
-        pytest.skip(f"LRE data not found at {LRE_DIR}; set RELSPEC_LRE_DIR")
-    monkeypatch.setenv("RELSPEC_LRE_DIR", str(LRE_DIR))
-    monkeypatch.setenv("RELSPEC_OFFLINE", "1")
-    monkeypatch.setenv("RELSPEC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    monkeypatch.delenv("RELSPEC_LRE_URL", raising=False)
 
 
 def _make_tasks():
