@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_cli(sub)
+    from relspec_lmeval import compare
+
+    compare.add_cli(sub)
     return parser
 
 
