@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from relspec_lmeval import compare
 
     compare.add_cli(sub)
+    from relspec_lmeval import reproduce
+
+    reproduce.add_cli(sub)
     return parser
 
 

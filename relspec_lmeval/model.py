@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from lm_eval.api.registry import register_model
@@ -57,12 +58,28 @@ class RelspecHFLM(HFLM):
         self.relspec_ablation: Ablation | None = None
         super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
         if self.relspec_sets:
-            find_mlps(self._model)  # unsupported architectures fail before any set is applied
+            self.set_neuron_sets(self.relspec_sets)
+
+    def set_neuron_sets(self, neuron_sets: str | Sequence[NeuronSet] | None) -> None:
+        """Switch to other neurons in place: undo the current ablation, apply ``neuron_sets``
+        (a spec as for ``neuron_set=``, loaded sets, or None for the unmodified model).
+
+        Lets one loaded model serve many ``simple_evaluate(model=lm)`` runs (``relspec
+        reproduce``); ``relspec_info()`` and the cache salt follow the sets applied now.
+        """
+        sets = load_sets(neuron_sets) if isinstance(neuron_sets, str) else list(neuron_sets or [])
+        if sets:  # a bad set fails here, with the current ablation still in place
+            find_mlps(self._model)
             shape = model_shape(self._model)
-            for s in self.relspec_sets:
+            for s in sets:
                 s.validate(shape)
-            merged = union_all(self.relspec_sets)
-            self.relspec_ablation = apply_ablation(self._model, merged, self.relspec_spec)
+        if self.relspec_ablation is not None:
+            self.relspec_ablation.remove()
+            self.relspec_ablation = None
+        self.relspec_sets = []  # if applying fails, the record says what the model is: unmodified
+        if sets:
+            self.relspec_ablation = apply_ablation(self._model, union_all(sets), self.relspec_spec)
+        self.relspec_sets = sets
 
     @property
     def relspec_cache_salt(self) -> str | None:

@@ -1,0 +1,304 @@
+"""``relspec reproduce`` on a tiny random Llama: plan, resumability, numbers, report, errors.
+
+A random model recalls nothing, so the LRE-format folder is crafted: person_father's P^eva
+objects are what the model itself generates (so its original accuracy is above 0), while
+person_mother keeps objects the model can never generate (accuracy 0: its drops are n/a).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from relspec_lmeval import reproduce as rp
+from relspec_lmeval.analysis import BASELINE, Condition, Measurement, SetStats, Study, cumulativity_rows, intra_rows, matrix_rows
+from relspec_lmeval.cli import main as cli_main
+from relspec_lmeval.identify import IdentifyConfig, identify
+from relspec_lmeval.neuron_set import NeuronSet
+from test_identify import write_lre_folder
+
+RELATIONS = "person_father,person_mother"
+SUITE = rp.SUITES["lre"]
+
+
+def _data_env(mp: pytest.MonkeyPatch, folder: Path, cache: Path) -> None:
+    mp.setenv("RELSPEC_LRE_DIR", str(folder))
+    mp.setenv("RELSPEC_OFFLINE", "1")
+    mp.setenv("RELSPEC_CACHE_DIR", str(cache))
+    mp.delenv("RELSPEC_LRE_URL", raising=False)
+
+
+def _crafted_lre(model: Path, root: Path) -> Path:
+    """person_father's P^eva objects := the model's own greedy answers, as lm-eval generates them."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    plain = write_lre_folder(root / "plain")
+    with pytest.MonkeyPatch.context() as mp:
+        _data_env(mp, plain, root / "cache")
+        out = simple_evaluate(model="relspec-hf", model_args=f"pretrained={model}", tasks=["relation_recall_person_father"],
+                              task_manager=TaskManager(include_defaults=False), device="cpu", log_samples=True)
+    answers = {("person_father", s["doc"]["subject"]): s["filtered_resps"][0].strip() for s in out["samples"]["relation_recall_person_father"]}
+    assert any(answers.values()), "the tiny model generated nothing printable"
+    return write_lre_folder(root / "lre", {key: text for key, text in answers.items() if text})
+
+
+def _cli(args: list[str]) -> list[str]:
+    return ["reproduce", *args, "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def study(tiny_llama_dir, tmp_path_factory):
+    """One reproduce run and one rerun, with every evaluation and model load counted."""
+    root = tmp_path_factory.mktemp("reproduce")
+    data = _crafted_lre(tiny_llama_dir, root)
+    identify(IdentifyConfig(model=str(tiny_llama_dir), out=str(root / "sets"), data=str(data), relations=RELATIONS, k=25,
+                            filter=False, batch_size=8, command="test", progress=False, print_table=False))
+    args = ["--model", str(tiny_llama_dir), "--neuron-sets", str(root / "sets"), "--suite", "lre", "--out", str(root / "out"),
+            "--relations", RELATIONS, "--seeds", "2", "--ks", "10,50", "--limit", "3", "--det-limit", "2", "--device", "cpu",
+            "--batch-size", "8"]
+    import lm_eval
+
+    calls = {"evaluate": [], "load": []}
+    evaluate, load = lm_eval.simple_evaluate, rp.load_lm
+    with pytest.MonkeyPatch.context() as mp:
+        _data_env(mp, data, root / "cache")
+        mp.setattr(lm_eval, "simple_evaluate", lambda **kw: calls["evaluate"].append(kw["tasks"]) or evaluate(**kw))
+        mp.setattr(rp, "load_lm", lambda cfg: calls["load"].append(cfg) or load(cfg))
+        assert cli_main(_cli(args)) == 0
+        first = {k: len(v) for k, v in calls.items()}
+        assert cli_main(_cli(args)) == 0
+        second = {k: len(v) - first[k] for k, v in calls.items()}
+    return {"root": root, "out": root / "out", "data": data, "args": args, "first": first, "second": second}
+
+
+def _plan(study) -> list[dict]:
+    return json.loads((study["out"] / "plan.json").read_text())
+
+
+def _record(study, run_id: str) -> dict:
+    return json.loads((study["out"] / "runs" / f"{run_id}.json").read_text())
+
+
+def _run(study, condition: str, limit: int = 3) -> dict:
+    (run,) = [r for r in _plan(study) if condition in r["conditions"] and r["limit"] == limit]
+    return _record(study, run["id"])
+
+
+def _csv(study, name: str) -> list[dict]:
+    with (study["out"] / "tables" / f"{name}.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------- plan and resume
+
+
+def test_plan(study):
+    plan = _plan(study)
+    kinds = [r["conditions"][0].split("-")[0] for r in plan]
+    # P^det has its own limit, so every condition evaluated on it has two runs
+    assert kinds.count("baseline") == 2 and kinds.count("own") == 4 and kinds.count("random") == 8
+    assert kinds.count("topk") == 4 and kinds.count("ranks") == 2 and len(plan) == 20
+    own = [r for r in plan if r["conditions"] == ["own-person_father"]]
+    eva_part = next(r for r in own if r["limit"] == 3)
+    langs = [f"relation_recall_{lang}_person_father" for lang in SUITE.languages]
+    assert set(eva_part["tasks"]) == {
+        "relation_recall_person_father", "relation_recall_person_mother", "relation_recall_t2_person_father",
+        "relation_recall_t2_person_mother", "relation_ppl_person_father", *langs}
+    assert next(r for r in own if r["limit"] == 2)["tasks"] == ["relation_recall_det_person_father"]
+    ranks = next(r for r in plan if r["conditions"] == ["ranks-person_mother-k40-skip10"])
+    assert ranks["tasks"] == ["relation_recall_person_mother"]
+    assert NeuronSet.load(ranks["sets"][0]).metadata["skip"] == 10  # made from the scores, under OUT/sets
+    assert Path(ranks["sets"][0]).is_relative_to(study["out"] / "sets")
+    assert len({r["id"] for r in plan}) == len(plan)
+
+
+def test_rerun_does_no_evaluations(study):
+    assert study["first"] == {"evaluate": 20, "load": 1}
+    assert study["second"] == {"evaluate": 0, "load": 0}
+    report = (study["out"] / "report.md").read_text()
+    assert "this invocation found every run stored and ran none" in report
+
+
+def test_topk_equal_to_the_set_shares_its_run(study):
+    """k = the set's own size: the sweep reuses the own run; limit == det-limit: one run per set."""
+    cfg = rp.ReproduceConfig(model=str(study["args"][1]), neuron_sets=str(study["root"] / "sets"), suite="lre",
+                             out=str(study["out"]), relations=RELATIONS, seeds=1, ks=[25], limit=3, det_limit=3)
+    with pytest.MonkeyPatch.context() as mp:
+        _data_env(mp, study["data"], study["root"] / "cache")
+        inp = rp.prepare(cfg)
+    assert inp.derived[Condition("topk", "person_father", k=25)] == inp.main["person_father"]
+    assert inp.ks == [25] and not any(c.kind == "ranks" for c in inp.derived)
+    plan = rp.build_plan(inp)
+    assert len(plan) == 1 + 2 + 2  # baseline, own (also top-25), one seed per relation
+    own = next(r for r in plan if r.conditions[0] == Condition("own", "person_father"))
+    assert own.conditions == (Condition("own", "person_father"), Condition("topk", "person_father", k=25))
+    assert "relation_recall_det_person_father" in own.tasks and own.limit == 3
+
+
+# ---------------------------------------------------------------------------- stored results
+
+
+def test_each_record_names_the_sets_of_its_run(study):
+    for run in _plan(study):
+        record = _record(study, run["id"])
+        ours = record["relspec_reproduce"]
+        assert [s["sha256"] for s in record["config"]["relspec"]["sets"]] == [s["sha256"] for s in ours["sets"]]
+        assert [s["path"] for s in record["config"]["relspec"]["sets"]] == run["sets"] == [s["path"] for s in ours["sets"]]
+        assert sorted(record["results"]) == sorted(run["tasks"]) and record["config"]["limit"] == run["limit"]
+        assert ours["lm_eval_command"].startswith("lm_eval --model relspec-hf --model_args pretrained=")
+        assert "samples" not in record
+
+
+def test_reused_model_equals_a_fresh_one(study, tiny_llama_dir):
+    """Swapping sets on one loaded model gives what a fresh ``--model relspec-hf`` run gives."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    stored = _run(study, "own-person_father")
+    ours = stored["relspec_reproduce"]
+    tasks = ["relation_recall_person_father", "relation_ppl_person_father"]
+    with pytest.MonkeyPatch.context() as mp:
+        _data_env(mp, study["data"], study["root"] / "cache")
+        fresh = simple_evaluate(model="relspec-hf", model_args=f"pretrained={tiny_llama_dir},neuron_set={ours['sets'][0]['path']}",
+                                tasks=tasks, task_manager=TaskManager(include_defaults=False), device="cpu", limit=3, batch_size=8)
+    for task in tasks:
+        assert {k: v for k, v in fresh["results"][task].items() if "," in k} == {k: v for k, v in stored["results"][task].items() if "," in k}
+
+
+def test_set_neuron_sets_restores_the_model(tiny_llama_dir, study):
+    import torch
+
+    from relspec_lmeval.model import RelspecHFLM
+
+    lm = RelspecHFLM(pretrained=str(tiny_llama_dir), device="cpu")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    father = str(study["root"] / "sets" / "person_father.safetensors")
+    lm.set_neuron_sets(father)
+    assert lm.relspec_info()["sets"][0]["path"] == father and lm.relspec_info()["applied_with"] == ["weights"]
+    fresh = RelspecHFLM(pretrained=str(tiny_llama_dir), device="cpu", neuron_set=father)
+    assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in lm.model.state_dict().items())
+    lm.set_neuron_sets(None)
+    assert lm.relspec_info()["sets"] == [] and lm.relspec_cache_salt is None
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------- tables and report
+
+
+def test_tables_equal_the_stored_results(study):
+    base, base_det = _run(study, "baseline")["results"], _run(study, "baseline", limit=2)["results"]
+    father = _run(study, "own-person_father")["results"]
+    intra = {(r["split"], r["relation"]): r for r in _csv(study, "fig3_intra")}
+    assert float(intra[("P^eva", "person_father")]["original"]) == base["relation_recall_person_father"]["acc,none"] > 0
+    assert float(intra[("P^det", "person_father")]["original"]) == base_det["relation_recall_det_person_father"]["acc,none"]
+    assert float(intra[("P^eva", "person_father")]["own"]) == father["relation_recall_person_father"]["acc,none"]
+    seeds = [_run(study, f"random-person_father-seed{s}")["results"]["relation_recall_person_father"]["acc,none"] for s in (0, 1)]
+    assert float(intra[("P^eva", "person_father")]["random_mean"]) == pytest.approx(sum(seeds) / 2)
+    ppl = {r["relation"]: r for r in _csv(study, "table2_perplexity")}
+    assert float(ppl["person_father"]["original"]) == base["relation_ppl_person_father"]["word_perplexity,none"]
+    assert float(ppl["person_father"]["ablated"]) == father["relation_ppl_person_father"]["word_perplexity,none"]
+    accs = {r["deactivated"]: r for r in _csv(study, "fig4_accuracy_matrix")}
+    assert float(accs["person_father"]["person_mother"]) == father["relation_recall_person_mother"]["acc,none"]
+    drops = {r["deactivated"]: r for r in _csv(study, "fig4_drop_matrix")}
+    original, ablated = base["relation_recall_person_father"]["acc,none"], father["relation_recall_person_father"]["acc,none"]
+    assert float(drops["person_father"]["person_father"]) == pytest.approx((original - ablated) / original)
+    sweep = {(r["k"], r["relation"]): r for r in _csv(study, "fig5_k_sweep")}
+    top10 = _run(study, "topk-person_father-k10")["results"]
+    assert float(sweep[("10", "person_father")]["own_acc"]) == top10["relation_recall_person_father"]["acc,none"]
+    assert float(sweep[("10", "person_father")]["others_acc"]) == top10["relation_recall_person_mother"]["acc,none"]
+
+
+def test_zero_original_accuracy_is_na(study):
+    base = _run(study, "baseline")["results"]
+    assert base["relation_recall_person_mother"]["acc,none"] == 0
+    drops = {r["deactivated"]: r for r in _csv(study, "fig4_drop_matrix")}
+    assert drops["person_father"]["person_mother"] == drops["person_mother"]["person_mother"] == "n/a"
+    assert json.loads((study["out"] / "tables" / "fig4_drop_matrix.json").read_text())[1]["person_mother"] is None
+    report = (study["out"] / "report.md").read_text()
+    assert "original accuracy 0 for person_mother" in report
+
+
+def test_report_and_figures(study):
+    report = (study["out"] / "report.md").read_text()
+    links = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(links) == 7 and all((study["out"] / link).is_file() for link in links)
+    assert {p.name for p in (study["out"] / "figures").glob("*.png")} == {Path(link).name for link in links}
+    assert "Run time of the whole plan" in report and "20 lm-eval runs" in report
+    for heading in ("Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Table 3", "Table 2", "Fig. 7", "Fig. 8"):
+        assert f"## {heading}" in report
+
+
+# ---------------------------------------------------------------------------- analysis alone
+
+
+def test_drops_interference_and_cumulativity_from_numbers():
+    suite = rp.SUITES["synthetic"]
+    eva = suite.eva
+
+    def m(acc: dict[str, float], per_sample: list[int] | None = None) -> Measurement:
+        return Measurement({f"{eva}_{r}": {"acc": v} for r, v in acc.items()}, {f"{eva}_a": per_sample or []})
+
+    results = {
+        BASELINE: m({"a": 0.5, "b": 0.4, "c": 0.0}),
+        Condition("own", "a"): m({"a": 0.1, "b": 0.5, "c": 0.2}),  # b improves: a negative drop
+        Condition("random", "a", seed=0): m({"a": 0.5}),
+        Condition("random", "a", seed=1): m({"a": 0.3}),
+        Condition("topk", "a", k=10): m({"a": 0.5}, [1, 1, 1, 1, 0]),
+        Condition("topk", "a", k=50): m({"a": 0.1}, [0, 0, 1, 0, 0]),
+        Condition("ranks", "a", k=40, skip=10): m({"a": 0.3}, [0, 1, 1, 1, 0]),
+    }
+    study = Study(model="m", suite=suite, relations=["a", "b", "c"], seeds=[0, 1], ks=[10, 50], num_layers=2,
+                  sets={r: SetStats(1, {0: {"gate_proj": 1}}) for r in "abc"}, overlaps={}, jaccard={}, results=results, settings={})
+    row = matrix_rows(study, eva)[0]
+    assert row["a"] == pytest.approx(0.8) and row["b"] == pytest.approx(-0.25) and row["c"] is None
+    intra = intra_rows(study)[0]
+    assert intra["random_mean"] == pytest.approx(0.4) and intra["random_drop"] == pytest.approx(0.2) and intra["seeds"] == 2
+    # prompts 0, 1, 3 flip from right (top-10 off) to wrong (top-50 off); with ranks 11..50 alone, only 0 is wrong
+    cum = cumulativity_rows(study)
+    assert cum[0] == {"a": 10, "b": 50, "relation": "a", "flipped": 3, "still_wrong": 1, "share": pytest.approx(1 / 3)}
+    assert cum[-1]["relation"] == "all" and cum[-1]["flipped"] == 3
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--suite": "lre2"}, "unknown suite 'lre2'"),
+        ({"--neuron-sets": "{root}/nope"}, "neuron-set folder not found"),
+        ({"--relations": "person_father,company_ceo"}, "no neuron set for company_ceo"),
+        ({"--relations": "person_fathr"}, "unknown relation(s) for suite 'lre': person_fathr"),
+        ({"--model": "{narrow}"}, "intermediate_size=64"),
+        ({"--neuron-sets": "{no_scores}"}, "needs scores files"),
+        ({"--ks": "10,x"}, None),  # argparse's own message, exit 2 as well
+    ],
+)
+def test_errors_exit_2_and_write_nothing(study, change, message, tmp_path, capsys):
+    from conftest import build_tiny_llama
+
+    no_scores = tmp_path / "no_scores"
+    shutil.copytree(study["root"] / "sets", no_scores, ignore=shutil.ignore_patterns("scores"))
+    if "--model" in change:
+        build_tiny_llama(tmp_path / "narrow", ffn=48)
+        capsys.readouterr()  # its save progress bar
+    args = list(study["args"])
+    args[args.index("--out") + 1] = str(tmp_path / "out")
+    for flag, v in change.items():
+        args[args.index(flag) + 1] = v.format(root=study["root"], narrow=tmp_path / "narrow", no_scores=no_scores)
+    with pytest.MonkeyPatch.context() as mp:
+        _data_env(mp, study["data"], study["root"] / "cache")
+        if message is None:
+            with pytest.raises(SystemExit) as exc:
+                cli_main(_cli(args))
+            assert exc.value.code == 2
+        else:
+            assert cli_main(_cli(args)) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("relspec: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
