@@ -39,12 +39,19 @@ class GroupSpec:
     relations: tuple[str, ...] = RELATIONS
 
 
+SYNTHETIC = "models/relspec-tiny/world"
+
 GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec("relation_recall"),
     GroupSpec("relation_recall_det", split="det"),
     GroupSpec("relation_recall_t2", template_set="t2"),
     GroupSpec("relation_ppl", kind="ppl"),
     *(GroupSpec(f"relation_recall_{lang}", language=lang) for lang in ("de", "es", "fr", "zh", "ja")),
+    # relspec-tiny's synthetic world (scripts/make_world.py), shipped with the model
+    GroupSpec("relation_recall_synthetic", data_dir=SYNTHETIC),
+    GroupSpec("relation_recall_synthetic_det", split="det", data_dir=SYNTHETIC),
+    GroupSpec("relation_recall_synthetic_t2", template_set="t2", data_dir=SYNTHETIC),
+    GroupSpec("relation_ppl_synthetic", kind="ppl", data_dir=SYNTHETIC),
 )
 
 RECALL_BASE = HEADER + f"""\

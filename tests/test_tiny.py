@@ -1,0 +1,179 @@
+"""relspec-tiny: its synthetic world, tokenizer, model folder, shipped sets and tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from relspec_lmeval._resources import shipped_model, task_dir
+from relspec_lmeval.relation_templates import PAPER_RELATIONS
+from relspec_lmeval.relations import RELATIONS, build_docs, docs_hash
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "relspec-tiny"
+WORLD = MODEL / "world"
+SETS = REPO / "neuron_sets" / "relspec-tiny"
+
+
+def _script(name: str):
+    sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and imports look the module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def world() -> dict[str, list[tuple[str, str]]]:
+    facts = {}
+    for relation, spec in PAPER_RELATIONS.items():
+        data = json.loads((WORLD / spec.file).read_text(encoding="utf-8"))
+        facts[relation] = [(s["subject"], s["object"]) for s in data["samples"]]
+    return facts
+
+
+# ---------------------------------------------------------------- the world
+
+
+def test_committed_world_equals_the_generator_output(tmp_path):
+    make_world = _script("make_world")
+    assert {p.name: p.read_text(encoding="utf-8") for p in WORLD.glob("*.json")} == make_world.render()
+    assert make_world.main(["--out", str(tmp_path), "--seed", "1"]) == 0
+    assert make_world.main(["--out", str(tmp_path), "--seed", "1", "--check"]) == 0
+    assert make_world.main(["--out", str(tmp_path), "--seed", "2", "--check"]) == 1  # another world
+
+
+def test_world_is_coherent(world):
+    make_world = _script("make_world")
+    sport = dict(world["person_pro_sport"])
+    for person, position in world["person_sport_position"]:
+        assert position in make_world.SPORT_POSITIONS[sport[person]]
+    country = dict(world["landmark_country"])
+    continent_of: dict[str, set[str]] = defaultdict(set)
+    for landmark, continent in world["landmark_continent"]:
+        continent_of[country[landmark]].add(continent)
+    assert all(len(c) == 1 for c in continent_of.values())  # a country lies on one continent
+    mother = dict(world["person_mother"])
+    families: dict[str, set[str]] = defaultdict(set)
+    for child, father in world["person_father"]:
+        families[father].add(mother[child])
+        assert child.split()[-1] == father.split()[-1] == mother[child].split()[-1]  # the family's surname
+    assert all(len(m) == 1 for m in families.values())  # siblings share both parents
+    occupation = dict(world["person_occupation"])
+    assert {occupation[p] for p, _ in world["person_plays_instrument"]} == {"musician"}
+    assert {occupation[p] for p in sport} == {"athlete"}
+
+
+def test_training_never_sees_the_second_template_set():
+    for spec in PAPER_RELATIONS.values():
+        data = json.loads((WORLD / spec.file).read_text(encoding="utf-8"))
+        assert set(spec.templates) <= set(data["training_templates"])  # P^eva and P^det are asked as trained
+        assert not set(spec.t2_templates) & set(data["training_templates"])
+
+
+# ---------------------------------------------------------------- the shipped model
+
+
+def test_shipped_model_loads_with_auto_classes_and_is_small():
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    assert shipped_model("relspec-tiny") == MODEL
+    model = AutoModelForCausalLM.from_pretrained(MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    assert isinstance(model, LlamaForCausalLM)
+    assert (MODEL / "tokenizer.json").is_file()
+    assert tokenizer("Pono is part of")["input_ids"][0] == tokenizer.bos_token_id == model.config.bos_token_id
+    size = sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file())
+    assert size <= 30 * 2**20, f"{size / 2**20:.1f} MiB"
+    record = json.loads((MODEL / "training.json").read_text(encoding="utf-8"))
+    assert record["world_sha256"] == _script("train_tiny").world_hash(WORLD)  # trained on the committed world
+
+
+def test_shipped_tokenizer_is_what_the_training_script_builds(world):
+    from transformers import AutoTokenizer
+
+    train_tiny = _script("train_tiny")
+    built = train_tiny.build_tokenizer(train_tiny.load_world(WORLD))
+    assert built.get_vocab() == AutoTokenizer.from_pretrained(MODEL).get_vocab()
+    shipped = AutoTokenizer.from_pretrained(MODEL)
+    for relation, pairs in world.items():
+        subject, obj = pairs[0]
+        for name in (subject, obj):
+            ids = shipped(name, add_special_tokens=False)["input_ids"]
+            assert shipped.decode(ids) == name
+        assert len(shipped(subject, add_special_tokens=False)["input_ids"]) >= 2  # no token names a subject
+
+
+def test_training_script_runs_and_writes_a_loadable_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "m"
+    args = ["--out", str(out), "--layers", "1", "--hidden", "16", "--ffn", "32", "--heads", "2", "--steps", "2", "--batch", "8",
+            "--threads", "1", "--log-every", "1", "--eval-limit", "2"]
+    assert _script("train_tiny").main(args) == 0
+    record = json.loads((out / "training.json").read_text(encoding="utf-8"))
+    assert [e["step"] for e in record["log"]] == [1, 2] and record["arguments"]["seed"] == 0
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
+    assert AutoTokenizer.from_pretrained(out).bos_token == "<s>"
+
+
+# ---------------------------------------------------------------- shipped sets
+
+
+def test_shipped_sets_fit_the_model_and_say_where_they_come_from():
+    from transformers import AutoConfig
+
+    from relspec_lmeval import __version__
+    from relspec_lmeval.neuron_set import ModelShape, NeuronSet
+
+    shape = ModelShape.from_config(AutoConfig.from_pretrained(MODEL))
+    sizes = set()
+    for relation in RELATIONS:
+        neuron_set = NeuronSet.load(SETS / f"{relation}.safetensors")
+        neuron_set.validate(shape)
+        meta = neuron_set.metadata
+        assert meta["relation"] == relation and meta["method"] and meta["model"]["name"] == "relspec-tiny"
+        assert meta["package_version"] == __version__ and meta["data"]
+        sizes.add(len(neuron_set))
+        for seed in range(10):
+            control = NeuronSet.load(SETS / "random" / f"{relation}-seed{seed}.safetensors")
+            control.validate(shape)
+            assert len(control) == len(neuron_set) and control.metadata["method"] == "random"
+    assert len(sizes) == 1 and sizes.pop() <= shape.total // 100  # 1% or fewer
+
+
+# ---------------------------------------------------------------- tasks over the world
+
+
+def test_synthetic_groups_load_the_world(lre_env):
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=task_dir(), include_defaults=False)
+    groups = ["relation_recall_synthetic", "relation_recall_synthetic_det", "relation_recall_synthetic_t2", "relation_ppl_synthetic"]
+    assert set(groups) <= set(manager.all_groups)
+    tasks = manager.load(["relation_recall_synthetic_company_ceo", "relation_recall_synthetic_t2_star_constellation"])["tasks"]
+    ceo = [dict(d) for d in tasks["relation_recall_synthetic_company_ceo"].test_docs()]
+    assert docs_hash(ceo) == docs_hash(build_docs("company_ceo", data_dir=WORLD))
+    star = [dict(d) for d in tasks["relation_recall_synthetic_t2_star_constellation"].test_docs()]
+    assert star[0]["template"] == PAPER_RELATIONS["star_constellation"].t2_templates[0]
+
+
+def test_relspec_tiny_end_to_end_through_lm_eval(lre_env):
+    """The shipped model recalls its world; its top-10% set of a relation hurts it, a random one barely."""
+    from lm_eval import simple_evaluate
+
+    relation = "person_occupation"
+    task = f"relation_recall_synthetic_{relation}"
+    acc = {}
+    runs = (("original", ""), ("own", f",neuron_set=relspec-tiny/k384/{relation}"), ("random", f",neuron_set={SETS}/k384/random/{relation}-seed0.safetensors"))
+    for name, extra in runs:
+        out = simple_evaluate(model="relspec-hf", model_args=f"pretrained=relspec-tiny{extra}", tasks=[task], device="cpu", batch_size=50)
+        acc[name] = out["results"][task]["acc,none"]
+    assert acc["original"] >= 0.9
+    assert acc["own"] <= 0.5 * acc["original"] and acc["random"] >= 0.9 * acc["original"], acc
