@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import re
 import sys
 import time
@@ -106,7 +105,7 @@ def build_tokenizer(world: dict[str, dict]):
     pieces = [("▁" + w) for w in sorted(words)]
     pieces += ["▁" + s.capitalize() for s in syllables] + syllables + PUNCTUATION
     chars = sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
-    fallback = [c for c in chars] + ["▁" + c for c in chars] + ["▁"]
+    fallback = [*chars, *("▁" + c for c in chars), "▁"]
     # equal scores: the segmentation with the fewest pieces wins; characters only as a fallback
     vocab = [(s, 0.0) for s in SPECIALS]
     seen = set(SPECIALS)
