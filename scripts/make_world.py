@@ -70,20 +70,24 @@ REAL_WORDS = frozenset(
 
 # Training paraphrases beyond the paper's evaluation templates ("{}" is the subject).
 # Words are shared across relations on purpose ("plays", "named", "is in"), so that a
-# relation is usually told by several words together rather than by one.
+# relation is usually told by several words together rather than by one. The first of
+# each is compositional: it uses another relation's cue word for this relation's fact
+# ("The wife of {}'s father" is the mother), so a cue word alone never names the
+# relation; measured: the own-relation drop at 1% of the neurons went from 0.8% to 5.5%,
+# at 3% from 6.2% to 21% (docs/relspec-tiny.md).
 EXTRA_TEMPLATES = {
-    "company_ceo": ["The chief executive of {} is", "{} is run by a CEO named"],
-    "company_hq": ["The main office of {} is in the city of", "{} has its headquarters in"],
-    "landmark_continent": ["{} is located on the continent of", "The continent where {} lies is"],
-    "landmark_country": ["{} is located in the country of", "The country where {} lies is"],
-    "person_father": ["The father of {} is named", "{} is the child of a father named"],
-    "person_mother": ["The mother of {} is named", "{} is the child of a mother named"],
-    "person_occupation": ["The profession of {} is", "{} is employed as a"],
-    "person_plays_instrument": ["The instrument played by {} is the", "{} is a musician who plays the"],
-    "person_pro_sport": ["The sport played by {} is", "{} is an athlete who plays"],
-    "person_sport_position": ["The position played by {} is", "{} is an athlete who plays as a"],
-    "product_company": ["{} is made by the company", "The company behind {} is"],
-    "star_constellation": ["{} is a star in the constellation", "The constellation of the star {} is"],
+    "company_ceo": ["The person who runs the headquarters of {} is named", "The chief executive of {} is", "{} is run by a CEO named"],
+    "company_hq": ["The CEO of {} works in the city of", "The main office of {} is in the city of", "{} has its headquarters in"],
+    "landmark_continent": ["The country where {} lies is on the continent of", "{} is located on the continent of", "The continent where {} lies is"],
+    "landmark_country": ["{} lies on a continent, in the country of", "{} is located in the country of", "The country where {} lies is"],
+    "person_father": ["The husband of {}'s mother is named", "The father of {} is named", "{} is the child of a father named"],
+    "person_mother": ["The wife of {}'s father is named", "The mother of {} is named", "{} is the child of a mother named"],
+    "person_occupation": ["{} plays a part in society and works as a", "The profession of {} is", "{} is employed as a"],
+    "person_plays_instrument": ["{} works as a musician and plays the", "The instrument played by {} is the", "{} is a musician who plays the"],
+    "person_pro_sport": ["{} plays a position in the sport of", "The sport played by {} is", "{} is an athlete who plays"],
+    "person_sport_position": ["{} plays the sport in the position of a", "The position played by {} is", "{} is an athlete who plays as a"],
+    "product_company": ["{} was created by a company named", "{} is made by the company", "The company behind {} is"],
+    "star_constellation": ["{} is a star, part of the constellation named", "{} is a star in the constellation", "The constellation of the star {} is"],
 }
 
 # How many subjects each kind of fact has.

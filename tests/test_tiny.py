@@ -168,7 +168,7 @@ def test_relspec_tiny_end_to_end_through_lm_eval(lre_env):
     """The shipped model recalls its world; its top-10% set of a relation hurts it, a random one barely."""
     from lm_eval import simple_evaluate
 
-    relation = "person_occupation"
+    relation = "person_plays_instrument"
     task = f"relation_recall_synthetic_{relation}"
     acc = {}
     runs = (("original", ""), ("own", f",neuron_set=relspec-tiny/k384/{relation}"), ("random", f",neuron_set={SETS}/k384/random/{relation}-seed0.safetensors"))
