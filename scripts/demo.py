@@ -49,7 +49,10 @@ def main() -> int:
     recall = {n: {t: r["acc,none"] for t, r in results[n].items() if t.startswith("relation_recall_synthetic_")} for n in names}
     own_task = f"relation_recall_synthetic_{RELATION}"
     others = [t for t in recall["original"] if t != own_task]
-    mean = lambda run: sum(recall[run][t] for t in others) / len(others)  # noqa: E731
+
+    def mean(run: str) -> float:
+        return sum(recall[run][t] for t in others) / len(others)
+
     print(f"\nRead: {RELATION} recall {recall['original'][own_task]:.2f} → {recall[names[1]][own_task]:.2f} with its set, "
           f"{recall[names[2]][own_task]:.2f} with the random control; the other 11 relations average "
           f"{mean('original'):.2f} → {mean(names[1]):.2f} (set) and {mean(names[2]):.2f} (random).")

@@ -23,6 +23,19 @@ CORPUS = (
 ).split()
 
 
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (scripts import their siblings, so scripts/ goes on the path)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_tokenizer(path: Path):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast

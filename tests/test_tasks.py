@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from relspec_lmeval._resources import task_dir
 from relspec_lmeval.relations import RELATIONS, build_docs, docs_hash
 
-from conftest import LRE_DIR
+from conftest import LRE_DIR, load_script
 
 pytestmark = pytest.mark.usefixtures("lre_env")  # every test reads the local LRE copy
 
@@ -24,11 +22,7 @@ GROUPS = ["relation_recall", "relation_recall_det", "relation_recall_t2", "relat
 
 
 def _make_tasks():
-    spec = importlib.util.spec_from_file_location("make_tasks", REPO / "scripts" / "make_tasks.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_tasks"] = module  # dataclasses look their module up while it runs
-    spec.loader.exec_module(module)
-    return module
+    return load_script("make_tasks")
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,19 +12,12 @@ from relspec_lmeval._resources import shipped_model, task_dir
 from relspec_lmeval.relation_templates import PAPER_RELATIONS
 from relspec_lmeval.relations import RELATIONS, build_docs, docs_hash
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "relspec-tiny"
 WORLD = MODEL / "world"
 SETS = REPO / "neuron_sets" / "relspec-tiny"
-
-
-def _script(name: str):
-    sys.path.insert(0, str(REPO / "scripts"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and imports look the module up while it runs
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +33,7 @@ def world() -> dict[str, list[tuple[str, str]]]:
 
 
 def test_committed_world_equals_the_generator_output(tmp_path):
-    make_world = _script("make_world")
+    make_world = load_script("make_world")
     assert {p.name: p.read_text(encoding="utf-8") for p in WORLD.glob("*.json")} == make_world.render()
     assert make_world.main(["--out", str(tmp_path), "--seed", "1"]) == 0
     assert make_world.main(["--out", str(tmp_path), "--seed", "1", "--check"]) == 0
@@ -50,7 +41,7 @@ def test_committed_world_equals_the_generator_output(tmp_path):
 
 
 def test_world_is_coherent(world):
-    make_world = _script("make_world")
+    make_world = load_script("make_world")
     sport = dict(world["person_pro_sport"])
     for person, position in world["person_sport_position"]:
         assert position in make_world.SPORT_POSITIONS[sport[person]]
@@ -92,16 +83,16 @@ def test_shipped_model_loads_with_auto_classes_and_is_small():
     size = sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file())
     assert size <= 30 * 2**20, f"{size / 2**20:.1f} MiB"
     record = json.loads((MODEL / "training.json").read_text(encoding="utf-8"))
-    assert record["world_sha256"] == _script("train_tiny").world_hash(WORLD)  # trained on the committed world
+    assert record["world_sha256"] == load_script("train_tiny").world_hash(WORLD)  # trained on the committed world
 
 
 def test_shipped_tokenizer_is_what_the_training_script_builds(world):
     from transformers import AutoTokenizer
 
-    train_tiny = _script("train_tiny")
+    train_tiny = load_script("train_tiny")
     built = train_tiny.build_tokenizer(train_tiny.load_world(WORLD))
-    assert built.get_vocab() == AutoTokenizer.from_pretrained(MODEL).get_vocab()
     shipped = AutoTokenizer.from_pretrained(MODEL)
+    assert built.get_vocab() == shipped.get_vocab()
     for relation, pairs in world.items():
         subject, obj = pairs[0]
         for name in (subject, obj):
@@ -116,7 +107,7 @@ def test_training_script_runs_and_writes_a_loadable_model(tmp_path):
     out = tmp_path / "m"
     args = ["--out", str(out), "--layers", "1", "--hidden", "16", "--ffn", "32", "--heads", "2", "--steps", "2", "--batch", "8",
             "--threads", "1", "--log-every", "1", "--eval-limit", "2"]
-    assert _script("train_tiny").main(args) == 0
+    assert load_script("train_tiny").main(args) == 0
     record = json.loads((out / "training.json").read_text(encoding="utf-8"))
     assert [e["step"] for e in record["log"]] == [1, 2] and record["arguments"]["seed"] == 0
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 1
@@ -151,7 +142,7 @@ def test_shipped_sets_fit_the_model_and_say_where_they_come_from():
 # ---------------------------------------------------------------- tasks over the world
 
 
-def test_synthetic_groups_load_the_world(lre_env):
+def test_synthetic_groups_load_the_world():
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=task_dir(), include_defaults=False)
@@ -164,7 +155,7 @@ def test_synthetic_groups_load_the_world(lre_env):
     assert star[0]["template"] == PAPER_RELATIONS["star_constellation"].t2_templates[0]
 
 
-def test_relspec_tiny_end_to_end_through_lm_eval(lre_env):
+def test_relspec_tiny_end_to_end_through_lm_eval():
     """The shipped model recalls its world; its top-10% set of a relation hurts it, a random one barely."""
     from lm_eval import simple_evaluate
 
