@@ -15,7 +15,7 @@ $(PY):
 # Dependencies change rarely: installed once, redone when pyproject.toml changes.
 $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q hatchling ".[test,plot]"
+	$(PIP) install -q hatchling ".[test]"
 	touch $@
 
 # The package itself is reinstalled every time (a real wheel install, so the
@@ -27,4 +27,5 @@ demo: install
 	$(PY) scripts/demo.py
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q

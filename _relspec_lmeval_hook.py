@@ -20,7 +20,7 @@ import os
 import sys
 
 MODEL_NAME = "relspec-hf"
-MODEL_TARGET = "relspec_lmeval.model:RelspecHFLM"
+MODEL_TARGET = "relspec_lmeval.lm.hflm:RelspecHFLM"
 
 
 def _warn(what, exc):
@@ -51,7 +51,7 @@ def _patch_task_manager(manager):
 
     def __init__(self, *args, include_path=None, **kwargs):
         try:
-            from relspec_lmeval._resources import task_dir
+            from relspec_lmeval.util.resources import task_dir
 
             ours = task_dir()
             if include_path is None:

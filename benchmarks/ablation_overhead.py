@@ -35,8 +35,9 @@ def main() -> None:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from relspec_lmeval.model import RelspecHFLM
-    from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet
+    from relspec_lmeval.lm.hflm import RelspecHFLM
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+    from relspec_lmeval.sets.shape import SITES, ModelShape
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     os.environ.setdefault("RELSPEC_LRE_DIR", str(REPO.parent / "shared" / "data" / "lre"))

@@ -88,14 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="write the result JSON here")
     args = p.parse_args(argv)
 
-    from relspec_lmeval.activations import _forward_kwargs, activation_matrix, generate_with_means, length_batches, pad_batch
-    from relspec_lmeval.ablation import model_shape
-    from relspec_lmeval.scoring import NeuronLayout, average_precision_chunked
+    from relspec_lmeval.identify.activations import activation_matrix, forward_kwargs, generate_with_means, length_batches, pad_batch
+    from relspec_lmeval.identify.ap import average_precision_chunked
+    from relspec_lmeval.modelio.mlps import model_shape
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     model = build_model(args.shape, dtype, args.device, args.seed)
-    layout = NeuronLayout.from_shape(model_shape(model))
+    layout = model_shape(model)
     g = torch.Generator().manual_seed(args.seed)
     lengths = torch.randint(args.min_len, args.max_len + 1, (args.prompts,), generator=g).tolist()
     encoded = [[1, *torch.randint(4, model.config.vocab_size, (n - 1,), generator=g).tolist()] for n in lengths]
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     matrix_device = device if device.type != "cpu" else "cpu"
     budget = int(args.budget_gb * (1 << 30))
-    kwargs = _forward_kwargs(model)
+    kwargs = forward_kwargs(model)
     batches = length_batches(encoded, args.batch_size)
 
     @torch.inference_mode()

@@ -30,13 +30,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
-
-from relspec_lmeval.ablation import ablated  # noqa: E402
-from relspec_lmeval.analysis import relative_drop as drop  # noqa: E402
-from relspec_lmeval.identify import random_sets, select_sets  # noqa: E402
-from relspec_lmeval.neuron_set import NeuronSet  # noqa: E402
-from relspec_lmeval.relations import RELATIONS, build_docs  # noqa: E402
 from train_tiny import recall  # noqa: E402
+
+from relspec_lmeval.data.relations import RELATIONS, build_docs  # noqa: E402
+from relspec_lmeval.experiments.study import relative_drop as drop  # noqa: E402
+from relspec_lmeval.identify.controls import random_sets, select_sets  # noqa: E402
+from relspec_lmeval.lm.ablation import ablated  # noqa: E402
+from relspec_lmeval.sets.neuron_set import NeuronSet  # noqa: E402
 
 WORLD = ROOT / "models" / "relspec-tiny" / "world"
 BAR = {"eva": 0.95, "eva_t2": 0.80, "own": 0.50, "others": 0.10, "random": 0.05}

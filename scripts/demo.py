@@ -27,7 +27,8 @@ RUNS = {
 def main() -> int:
     from lm_eval import simple_evaluate
 
-    from relspec_lmeval.neuron_set import NeuronSet, resolve_set_path
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+    from relspec_lmeval.sets.resolve import resolve_set_path
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notices drown the table
     own = NeuronSet.load(resolve_set_path(SET))

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from relspec_lmeval.relation_templates import PAPER_RELATIONS  # noqa: E402
+from relspec_lmeval.data.templates import PAPER_RELATIONS  # noqa: E402
 
 WORLD_DIR = ROOT / "models" / "relspec-tiny" / "world"
 SEED = 6

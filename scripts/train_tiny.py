@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
-
 from make_world import CODAS, ONSETS, REAL_WORDS, VOWELS, WORLD_DIR  # noqa: E402
-from relspec_lmeval.relation_templates import PAPER_RELATIONS  # noqa: E402
-from relspec_lmeval.relations import build_docs, fill_prompt, is_correct  # noqa: E402
+
+from relspec_lmeval.data.relations import build_docs, fill_prompt, is_correct  # noqa: E402
+from relspec_lmeval.data.templates import PAPER_RELATIONS  # noqa: E402
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 PUNCTUATION = list("?:.,'!-") + ["'s"]
@@ -224,8 +224,8 @@ def train(model, ids, labels, args, pad_id, log) -> None:
 
 def recall(model, tokenizer, docs: list[dict], batch: int = 128) -> float:
     """Greedy, 2 new tokens, the recall tasks' metric: identification's correctness filter."""
-    from relspec_lmeval.activations import encode_prompts, generate_with_means
-    from relspec_lmeval.identify import first_line
+    from relspec_lmeval.identify.activations import encode_prompts, generate_with_means
+    from relspec_lmeval.identify.pipeline import first_line
 
     encoded = encode_prompts(tokenizer, [d["prompt"] for d in docs])
     texts, _ = generate_with_means(model, tokenizer, encoded, None, batch_size=batch, progress=False)

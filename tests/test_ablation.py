@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from relspec_lmeval.ablation import AblationSpec, UnsupportedModelError, ablated, apply_ablation, find_mlps
-from relspec_lmeval.neuron_set import NeuronSet, NeuronSetError
+from relspec_lmeval.errors import NeuronSetError, UnsupportedModelError
+from relspec_lmeval.lm.ablation import AblationSpec, ablated, apply_ablation
+from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.sets.neuron_set import NeuronSet
 
 
 def tiny(mlp_bias: bool = False, seed: int = 0) -> LlamaForCausalLM:

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from relspec_lmeval.cli import main
-from relspec_lmeval.model import RelspecHFLM
-from relspec_lmeval.neuron_set import NeuronSet
+from relspec_lmeval.lm.hflm import RelspecHFLM
+from relspec_lmeval.sets.neuron_set import NeuronSet
 
 
 @pytest.fixture()

@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_llama
 from transformers import AutoConfig
 
-from conftest import build_tiny_llama
 from relspec_lmeval.cli import main
-from relspec_lmeval.compare import bootstrap_p
-from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, model_metadata
+from relspec_lmeval.experiments.compare import bootstrap_p, weighted_bootstrap_p
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.shape import SITES, ModelShape, model_metadata
 
 # Ours (relation_ppl: weighted perplexities; relation_recall: 0/1, always 0 on a random model)
 # and a local multiple-choice group, whose accuracies do vary on a random model.
@@ -150,12 +151,16 @@ def rows_by_key(report: dict, index: int = 0) -> dict[tuple[str, str, str], dict
     return {(r["task"], r["metric"], r["filter"]): r for r in report["comparisons"][index]["rows"]}
 
 
-def paired(runs: dict[str, Path], task: str, metric: str) -> tuple[list[float], list[float]]:
+def samples_file(folder: Path, task: str) -> Path:
+    results = results_file(folder)
+    return results.with_name(f"samples_{task}_{results.stem.removeprefix('results_')}.jsonl")
+
+
+def paired(runs: dict[str, Path], task: str, metric: str) -> tuple[list, list]:
     """The per-sample values of both runs, straight from lm-eval's samples files."""
     values = []
     for name in ("original", "ablated"):
-        results = results_file(runs[name])
-        path = results.with_name(f"samples_{task}_{results.stem.removeprefix('results_')}.jsonl")
+        path = samples_file(runs[name], task)
         values.append({s["doc_id"]: s[metric] for s in map(json.loads, path.read_text().splitlines())})
     assert values[0].keys() == values[1].keys() and len(values[0]) == LIMIT
     return [values[0][d] for d in values[0]], [values[1][d] for d in values[0]]
@@ -176,7 +181,7 @@ def test_values_tests_and_hashes(runs, capsys):
     assert tests[("relation_recall_company_ceo", "acc", "none")] == "mcnemar"
     assert tests[("cmp_mc_prob", "p_gold", "none")] == "bootstrap"
     assert tests[("cmp_group", "acc", "none")] == "stderr"  # a group: no samples, a pooled stderr
-    assert tests[("relation_ppl_company_ceo", "word_perplexity", "none")] == "n/a"  # weighted, stderr N/A
+    assert tests[("relation_ppl_company_ceo", "word_perplexity", "none")] == "bootstrap-weighted"  # stderr N/A
     assert not any(row["diff"] == 0 for key, row in rows.items() if key[0] == "relation_ppl_company_ceo")  # the set acts
     group = rows[("cmp_group", "acc", "none")]
     z = group["diff"] / math.hypot(original["cmp_group"]["acc_stderr,none"], ablated["cmp_group"]["acc_stderr,none"])
@@ -219,6 +224,74 @@ def test_bootstrap_is_seeded(runs, capsys):
     x, y = paired(runs, "cmp_mc_prob", "p_gold")
     assert first == bootstrap_p(np.array(x), np.array(y), seed=7)
     assert bootstrap_p(np.array(x), np.array(x)) == 1.0  # no difference at all
+
+
+def test_weighted_perplexities_get_a_paired_bootstrap_over_documents(runs, capsys):
+    """lm-eval reports no standard error for word/byte perplexity and bits per byte; the samples'
+    ``[loglik, length]`` pairs give a paired bootstrap of the corpus-level difference."""
+    resamples, seed = 300, 3  # one block of draws: the same matrix as below
+    rows = rows_by_key(compare_json(capsys, str(runs["original"]), str(runs["ablated"]), "--resamples", str(resamples), "--seed", str(seed)))
+    draws = np.random.default_rng(seed).integers(0, LIMIT, size=(resamples, LIMIT))
+    for metric in ("word_perplexity", "byte_perplexity", "bits_per_byte"):
+        row = rows[("relation_ppl_company_ceo", metric, "none")]
+        assert row["test"] == "bootstrap-weighted" and row["n"] == LIMIT and row["stderr"] is None
+        x, y = paired(runs, "relation_ppl_company_ceo", metric)
+        assert [n for _, n in x] == [n for _, n in y]  # the same documents, so the same lengths
+
+        def aggregate(pairs: list, metric: str = metric) -> float:  # lm-eval's weighted_perplexity, bits_per_byte
+            mean = sum(ll for ll, _ in pairs) / sum(n for _, n in pairs)
+            return -mean / math.log(2) if metric == "bits_per_byte" else math.exp(-mean)
+
+        def p_value(x: list, y: list) -> float:  # the bootstrap written out, one resample at a time
+            d = aggregate(y) - aggregate(x)
+            extreme = sum(abs(aggregate([y[i] for i in idx]) - aggregate([x[i] for i in idx]) - d) >= abs(d) for idx in draws)
+            return (extreme + 1) / (resamples + 1)
+
+        assert aggregate(x) == pytest.approx(row["baseline"], rel=1e-12) and aggregate(y) == pytest.approx(row["value"], rel=1e-12)
+        assert row["p"] == p_value(x, y)
+        # 30% of the neurons off raise every resample's perplexity (p = 1/301): a noisier pair tests the centring too.
+        rng = random.Random(0)
+        noisy = [[ll + rng.gauss(0, 1), n] for ll, n in x]
+        p = weighted_bootstrap_p(np.array(x), np.array(noisy), "bits_per_byte" if metric == "bits_per_byte" else "weighted_perplexity", resamples=resamples, seed=seed)
+        assert p == p_value(x, noisy) and 0.1 < p < 1
+    again = rows_by_key(compare_json(capsys, str(runs["original"]), str(runs["ablated"]), "--resamples", str(resamples), "--seed", str(seed)))
+    assert again == rows
+    assert main(["compare", str(runs["original"]), str(runs["ablated"])]) == 0
+    assert "- bootstrap-weighted: paired bootstrap" in capsys.readouterr().out
+
+
+def test_samples_cut_short_are_said_and_not_paired(runs, tmp_path, capsys):
+    """A samples file with fewer samples than documents, or with lines that do not parse (an
+    interrupted write), gets the standard-error test, and every output says why."""
+    cut = tmp_path / "cut"
+    shutil.copytree(runs["original"], cut)
+    short, garbled = samples_file(cut, "cmp_mc"), samples_file(cut, "cmp_mc_prob")
+    lines = short.read_text().splitlines()
+    short.write_text("\n".join(lines[:25]) + "\n")  # whole lines only: 25 of 40
+    lines = garbled.read_text().splitlines()
+    garbled.write_text("\n".join([*lines[:5], "{garbled", *lines[6:39], lines[39][:60]]))  # 38 of 40, 2 bad lines
+    notes = {"cmp_mc": f"{short}: 25 of 40 samples read", "cmp_mc_prob": f"{garbled}: 38 of 40 samples read (2 unparsable lines)"}
+
+    assert main(["compare", str(cut), str(runs["ablated"])]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 2 and all(any(note in line for line in err) for note in notes.values())
+    assert all(note in captured.out for note in notes.values())  # markdown, under the table
+
+    report = compare_json(capsys, str(cut), str(runs["ablated"]))
+    assert report["comparisons"][0]["samples_cut_short"] == [
+        {"task": "cmp_mc", "file": str(short), "read": 25, "expected": 40, "unparsable": 0},
+        {"task": "cmp_mc_prob", "file": str(garbled), "read": 38, "expected": 40, "unparsable": 2},
+    ]
+    rows = rows_by_key(report)
+    for (task, _metric, _), row in rows.items():
+        if task in notes:
+            assert row["test"] == "stderr" and row["n"] == LIMIT and notes[task] in row["note"]
+        else:
+            assert row["note"] == "" and (row["test"] != "stderr" or task == "cmp_group")  # a group has no samples
+    assert main(["compare", str(cut), str(runs["ablated"]), "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["task"] for r in table if r["note"]} == set(notes)
 
 
 def test_csv_out_file_and_plot(runs, tmp_path, capsys):
@@ -278,6 +351,7 @@ def test_another_limit_is_flagged_and_not_paired(runs, capsys):
         ("one", "at least two results"),
         ("alpha", "--alpha must be in (0, 1)"),
         ("no_matplotlib", "needs matplotlib"),
+        ("edited_samples", "do not reproduce"),
     ],
 )
 def test_errors_are_one_line_exit_2(case, message, runs, tmp_path, capsys, monkeypatch):
@@ -292,6 +366,12 @@ def test_errors_are_one_line_exit_2(case, message, runs, tmp_path, capsys, monke
         data = json.loads(results_file(runs["ablated"]).read_text())
         data["results"] = {f"{task}_v2": value for task, value in data["results"].items()}
         bad.write_text(json.dumps(data))
+    elif case == "edited_samples":  # perplexity samples that are not the ones the results were computed from
+        shutil.copytree(runs["original"], bad)
+        path = samples_file(bad, "relation_ppl_company_ceo")
+        samples = [json.loads(line) for line in path.read_text().splitlines()]
+        samples[0]["word_perplexity"][0] -= 1.0
+        path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     argv = {
         "one": [original],
         "alpha": [original, original, "--alpha", "5"],

@@ -10,7 +10,7 @@ import types
 import pytest
 
 import _relspec_lmeval_hook as hook
-from relspec_lmeval._resources import task_dir
+from relspec_lmeval.util.resources import task_dir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

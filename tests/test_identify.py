@@ -13,15 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import build_tiny_llama
-from relspec_lmeval.activations import encode_prompts, generate_with_means, pad_token_id
+
 from relspec_lmeval.cli import main as cli_main
-from relspec_lmeval.identify import IdentifyConfig, choose_prompts, identify, load_pool, random_sets, select_sets
-from relspec_lmeval.neuron_set import SITES, NeuronSet, NeuronSetError
-from relspec_lmeval.relation_templates import PAPER_RELATIONS
-from relspec_lmeval.relations import build_docs
-from relspec_lmeval.scoring import load_scores
+from relspec_lmeval.data.relations import build_docs
+from relspec_lmeval.data.templates import PAPER_RELATIONS
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.identify.activations import encode_prompts, generate_with_means, pad_token_id
+from relspec_lmeval.identify.config import IdentifyConfig
+from relspec_lmeval.identify.controls import random_sets, select_sets
+from relspec_lmeval.identify.pipeline import identify
+from relspec_lmeval.identify.pool import choose_prompts, load_pool
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.scores import load_scores
+from relspec_lmeval.sets.shape import SITES
 
 WORDS = "paris france europe asia tennis guitar piano apple google star".split()
 

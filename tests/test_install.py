@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relspec_lmeval.neuron_set import NeuronSet
+from relspec_lmeval.sets.neuron_set import NeuronSet
 
 REPO = Path(__file__).resolve().parents[1]
 

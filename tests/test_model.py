@@ -9,10 +9,11 @@ import torch
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-
 from lm_eval_helpers import write_smoke_tasks
-from relspec_lmeval.model import RelspecHFLM
-from relspec_lmeval.neuron_set import NeuronSet, NeuronSetError
+
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.lm.hflm import RelspecHFLM
+from relspec_lmeval.sets.neuron_set import NeuronSet
 
 TASKS = ["relspec_smoke_gen", "relspec_smoke_ppl"]
 

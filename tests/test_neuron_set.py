@@ -8,7 +8,11 @@ import struct
 import pytest
 import torch
 
-from relspec_lmeval.neuron_set import HEADER_KEY, ModelShape, NeuronSet, NeuronSetError, load_sets, resolve_set_path
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.sets.fileformat import HEADER_KEY
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.resolve import load_sets, resolve_set_path
+from relspec_lmeval.sets.shape import ModelShape
 
 SHAPE = ModelShape(num_layers=2, hidden_size=32, intermediate_size=64)
 
@@ -156,8 +160,8 @@ def test_names_and_unions(tmp_path):
 
 
 def test_short_names_resolve_to_shipped_files(tmp_path, monkeypatch):
-    from relspec_lmeval import _resources
-    from relspec_lmeval.model import resolve_pretrained
+    from relspec_lmeval.modelio.load import resolve_pretrained
+    from relspec_lmeval.util import resources as _resources
 
     (tmp_path / "models" / "relspec-tiny").mkdir(parents=True)
     make_set().save(tmp_path / "neuron_sets" / "relspec-tiny" / "person_father.safetensors")

@@ -6,9 +6,10 @@ import hashlib
 import json
 
 import pytest
+from conftest import LRE_DIR
 
-from relspec_lmeval import lre_data
-from relspec_lmeval.relations import (
+from relspec_lmeval.data import lre as lre_data
+from relspec_lmeval.data.relations import (
     EVA_SIZE,
     RELATIONS,
     SPLIT_SEED,
@@ -21,8 +22,6 @@ from relspec_lmeval.relations import (
     process_results,
     resolve_lre_dir,
 )
-
-from conftest import LRE_DIR
 
 pytestmark = pytest.mark.usefixtures("lre_env")  # every test reads the local LRE copy
 
@@ -87,7 +86,7 @@ PINNED = {
 
 
 def _samples(relation):
-    from relspec_lmeval.relation_templates import PAPER_RELATIONS
+    from relspec_lmeval.data.templates import PAPER_RELATIONS
 
     return json.loads((LRE_DIR / PAPER_RELATIONS[relation].file).read_text())["samples"]
 

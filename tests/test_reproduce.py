@@ -13,16 +13,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from relspec_lmeval import reproduce as rp
-from relspec_lmeval.analysis import BASELINE, Condition, Measurement, SetStats, Study, cumulativity_rows, intra_rows, matrix_rows
-from relspec_lmeval.cli import main as cli_main
-from relspec_lmeval.identify import IdentifyConfig, identify
-from relspec_lmeval.neuron_set import NeuronSet
 from test_identify import write_lre_folder
 
+from relspec_lmeval.cli import main as cli_main
+from relspec_lmeval.data.tasks import SUITES
+from relspec_lmeval.experiments import runner as rp
+from relspec_lmeval.experiments.study import BASELINE, Condition, Measurement, SetStats, Study
+from relspec_lmeval.experiments.tables import cumulativity_rows, intra_rows, matrix_rows
+from relspec_lmeval.identify.config import IdentifyConfig
+from relspec_lmeval.identify.pipeline import identify
+from relspec_lmeval.sets.neuron_set import NeuronSet
+
 RELATIONS = "person_father,person_mother"
-SUITE = rp.SUITES["lre"]
+SUITE = SUITES["lre"]
 
 
 def _data_env(mp: pytest.MonkeyPatch, folder: Path, cache: Path) -> None:
@@ -173,7 +176,7 @@ def test_reused_model_equals_a_fresh_one(study, tiny_llama_dir):
 def test_set_neuron_sets_restores_the_model(tiny_llama_dir, study):
     import torch
 
-    from relspec_lmeval.model import RelspecHFLM
+    from relspec_lmeval.lm.hflm import RelspecHFLM
 
     lm = RelspecHFLM(pretrained=str(tiny_llama_dir), device="cpu")
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
@@ -237,7 +240,7 @@ def test_report_and_figures(study):
 
 
 def test_drops_interference_and_cumulativity_from_numbers():
-    suite = rp.SUITES["synthetic"]
+    suite = SUITES["synthetic"]
     eva = suite.eva
 
     def m(acc: dict[str, float], per_sample: list[int] | None = None) -> Measurement:

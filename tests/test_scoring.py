@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from relspec_lmeval.neuron_set import SITES, NeuronSet, NeuronSetError
-from relspec_lmeval.scoring import (
-    NeuronLayout,
-    Scores,
-    average_precision,
-    average_precision_chunked,
-    load_scores,
-    neuron_set_from_scores,
-    save_scores,
-    select_flat,
-)
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.identify.ap import average_precision, average_precision_chunked
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.scores import Scores, load_scores, neuron_set_from_scores, save_scores, select_flat
+from relspec_lmeval.sets.shape import SITES
+from relspec_lmeval.sets.shape import ModelShape as NeuronLayout
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 LAYOUT = NeuronLayout(num_layers=2, hidden_size=3, intermediate_size=4)  # 2 × (4 + 4 + 3) = 22 neurons
@@ -137,7 +132,7 @@ def test_scores_to_set_carries_aligned_scores_and_means(tmp_path):
     s = scores.to_neuron_set(5, metadata={"relation": "person_father"})
     assert len(s) == 5 and s.has_means
     top = torch.sort(scores.ap, descending=True, stable=True).indices[:5]
-    assert sorted(LAYOUT.offset(l, site) + i for l, site, i in s.keys()) == sorted(top.tolist())
+    assert sorted(LAYOUT.offset(layer, site) + i for layer, site, i in s.keys()) == sorted(top.tolist())
     for (layer, site), index in s.neurons.items():
         flat = index + LAYOUT.offset(layer, site)
         assert torch.equal(s.scores[(layer, site)], scores.ap[flat])

@@ -7,11 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-
-from relspec_lmeval._resources import task_dir
-from relspec_lmeval.relations import RELATIONS, build_docs, docs_hash
-
 from conftest import LRE_DIR, load_script
+
+from relspec_lmeval.data.relations import RELATIONS, build_docs, docs_hash
+from relspec_lmeval.util.resources import task_dir
 
 pytestmark = pytest.mark.usefixtures("lre_env")  # every test reads the local LRE copy
 
@@ -99,8 +98,8 @@ def test_det_task_matches_build_docs(task_manager):
 
 def test_relative_data_dir_is_anchored_to_the_package(monkeypatch, tmp_path):
     """A task's data_dir ("models/<world>") names a package resource, whatever the CWD."""
-    from relspec_lmeval import _resources
-    from relspec_lmeval.relations import custom_dataset
+    from relspec_lmeval.data.relations import custom_dataset
+    from relspec_lmeval.util import resources as _resources
 
     world = tmp_path / "models" / "world"
     world.mkdir(parents=True)

@@ -7,12 +7,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
-from relspec_lmeval._resources import shipped_model, task_dir
-from relspec_lmeval.relation_templates import PAPER_RELATIONS
-from relspec_lmeval.relations import RELATIONS, build_docs, docs_hash
-
 from conftest import load_script
+
+from relspec_lmeval.data.relations import RELATIONS, build_docs, docs_hash
+from relspec_lmeval.data.templates import PAPER_RELATIONS
+from relspec_lmeval.util.resources import shipped_model, task_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "relspec-tiny"
@@ -93,7 +92,7 @@ def test_shipped_tokenizer_is_what_the_training_script_builds(world):
     built = train_tiny.build_tokenizer(train_tiny.load_world(WORLD))
     shipped = AutoTokenizer.from_pretrained(MODEL)
     assert built.get_vocab() == shipped.get_vocab()
-    for relation, pairs in world.items():
+    for _relation, pairs in world.items():
         subject, obj = pairs[0]
         for name in (subject, obj):
             ids = shipped(name, add_special_tokens=False)["input_ids"]
@@ -121,7 +120,8 @@ def test_shipped_sets_fit_the_model_and_say_where_they_come_from():
     from transformers import AutoConfig
 
     from relspec_lmeval import __version__
-    from relspec_lmeval.neuron_set import ModelShape, NeuronSet
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+    from relspec_lmeval.sets.shape import ModelShape
 
     shape = ModelShape.from_config(AutoConfig.from_pretrained(MODEL))
     sizes = set()

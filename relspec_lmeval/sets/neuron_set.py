@@ -16,10 +16,8 @@ a neuron is. One set per safetensors file (never pickle):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,71 +25,15 @@ from typing import Any
 
 import torch
 
-SITES = ("gate_proj", "up_proj", "down_proj")
-FORMAT_NAME = "relspec-neuron-set"
-FORMAT_VERSION = "1"
-HEADER_KEY = "relspec"
-SUFFIX = ".safetensors"
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, stage_relspec_file
+from relspec_lmeval.sets.shape import SITES, ModelShape, Site
+from relspec_lmeval.util.files import StagedFiles
+from relspec_lmeval.util.hashing import file_sha256
+
+__all__ = ["NeuronSet", "union_all"]
+
 _TENSOR_NAME = re.compile(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.(indices|scores|means)$")
-
-Site = tuple[int, str]  # (layer, site name)
-
-
-class NeuronSetError(ValueError):
-    """A neuron-set file or argument that cannot be used; the message names the problem."""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The widths a set must fit: what ``validate`` checks against."""
-
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    model_type: str = "llama"
-
-    @classmethod
-    def from_config(cls, config: Any) -> ModelShape:
-        config = getattr(config, "get_text_config", lambda: config)()
-        return cls(
-            num_layers=int(config.num_hidden_layers),
-            hidden_size=int(config.hidden_size),
-            intermediate_size=int(config.intermediate_size),
-            model_type=str(getattr(config, "model_type", "unknown")),
-        )
-
-    def width(self, site: str) -> int:
-        """Number of neurons at one site of one layer."""
-        return self.hidden_size if site == "down_proj" else self.intermediate_size
-
-    @property
-    def total(self) -> int:
-        return self.num_layers * (2 * self.intermediate_size + self.hidden_size)
-
-
-def config_fingerprint(config: Any) -> str:
-    """Short hash of a model config: identifies an architecture when no revision is known."""
-    text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else json.dumps(config)
-    data = json.loads(text)
-    # Keys that name the file rather than the network would make equal models look different.
-    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"):
-        data.pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def model_metadata(config: Any, name: str, revision: str | None = None) -> dict[str, Any]:
-    """The ``model`` block of a set's metadata for a transformers config."""
-    shape = ModelShape.from_config(config)
-    return {
-        "name": name,
-        "revision": revision,
-        "config_hash": config_fingerprint(config),
-        "architecture": (getattr(config, "architectures", None) or [None])[0],
-        "model_type": shape.model_type,
-        "num_layers": shape.num_layers,
-        "hidden_size": shape.hidden_size,
-        "intermediate_size": shape.intermediate_size,
-    }
 
 
 def _as_index_tensor(values: Any) -> torch.Tensor:
@@ -169,17 +111,33 @@ class NeuronSet:
             totals[site] += int(idx.numel())
         return totals
 
-    def validate(self, shape: ModelShape) -> None:
-        """Fail loudly when the set was made for another architecture or width."""
-        recorded = self.metadata.get("model") or {}
+    def validate(self, shape: ModelShape, *, allow_empty: bool = False) -> None:
+        """Fail loudly when the set cannot be applied to a model of ``shape``.
+
+        Raises ``NeuronSetError`` when the set records another shape, a layer or index is out
+        of range, or the set is empty (unless ``allow_empty``: an empty set changes nothing,
+        which is almost always a mistake). Every command that reads a set calls this.
+        """
+        recorded = self.metadata.get("model")
+        if recorded is not None and not isinstance(recorded, Mapping):
+            raise NeuronSetError(f"{self._label()}: metadata 'model' must be an object, got {type(recorded).__name__}")
         for key in ("num_layers", "hidden_size", "intermediate_size"):
             want = getattr(shape, key)
-            have = recorded.get(key)
-            if have is not None and int(have) != want:
+            have = (recorded or {}).get(key)
+            if have is None:
+                continue
+            if isinstance(have, bool) or not isinstance(have, int):
+                raise NeuronSetError(f"{self._label()}: metadata model.{key} must be an integer, got {have!r}")
+            if have != want:
                 raise NeuronSetError(
                     f"{self._label()} was made for a model with {key}={have} "
-                    f"({recorded.get('name', 'unknown model')}), but this model has {key}={want}"
+                    f"({(recorded or {}).get('name', 'unknown model')}), but this model has {key}={want}"
                 )
+        if not self.neurons and not allow_empty:
+            raise NeuronSetError(
+                f"{self._label()} holds no neurons, so applying it would change nothing; "
+                "pass allow_empty=true (--allow-empty) if that is what you want"
+            )
         for (layer, site), idx in self.neurons.items():
             if layer >= shape.num_layers:
                 raise NeuronSetError(f"{self._label()}: layer {layer} out of range (model has {shape.num_layers} layers)")
@@ -188,6 +146,13 @@ class NeuronSet:
                 raise NeuronSetError(
                     f"{self._label()}: layer {layer} {site} index {int(idx.max())} out of range (width {width})"
                 )
+        for (layer, site), values in self.means.items():
+            if not bool(torch.isfinite(values).all()):
+                raise NeuronSetError(f"{self._label()}: layer {layer} {site} has non-finite means (NaN or inf)")
+
+    def recorded_shape(self) -> ModelShape:
+        """The model shape in the set's metadata (``NeuronSetError`` when it records none or a malformed one)."""
+        return ModelShape.from_metadata(self.metadata.get("model"), str(self.path or "neuron set"))
 
     def _label(self) -> str:
         return f"neuron set {self.path}" if self.path else "neuron set"
@@ -241,9 +206,17 @@ class NeuronSet:
                     tensors[f"layers.{layer}.{site}.{extra_name}"] = extra[(layer, site)].contiguous()
         return tensors
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: an interrupted save leaves no partial file behind."""
-        self.path = write_relspec_file(self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata)
+    def save(self, path: str | os.PathLike, staged: StagedFiles | None = None) -> Path:
+        """Write atomically: an interrupted save leaves no partial file behind.
+
+        With ``staged``, the file is moved into place together with the other files of that
+        group (``StagedFiles.commit``). Raises ``OutputError`` when it cannot be written.
+        """
+        if staged is not None:
+            self.path = stage_relspec_file(staged, self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata)
+        else:
+            with StagedFiles() as group:
+                self.path = stage_relspec_file(group, self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata)
         return self.path
 
     @classmethod
@@ -297,91 +270,7 @@ def _merged_means(sets: Iterable[NeuronSet]) -> dict[tuple[int, str, int], float
     return merged
 
 
-def write_relspec_file(
-    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str, version: str, metadata: Mapping[str, Any]
-) -> Path:
-    """Save tensors plus the one ``relspec`` metadata entry, atomically (temp file + rename)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix != SUFFIX:
-        raise NeuronSetError(f"relspec files end in {SUFFIX}: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {HEADER_KEY: json.dumps({"format": fmt, "format_version": version, "metadata": metadata}, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a relspec safetensors file of format ``fmt``; never unpickles."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise NeuronSetError(f"{what} file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise NeuronSetError(f"{path} is not a readable safetensors {what} file ({exc})") from None
-    try:
-        block = json.loads(header[HEADER_KEY])
-    except KeyError:
-        raise NeuronSetError(f"{path} is a safetensors file but not a relspec {what} file (no {HEADER_KEY!r} metadata)") from None
-    except json.JSONDecodeError as exc:
-        raise NeuronSetError(f"{path}: metadata is not valid JSON ({exc})") from None
-    found = block.get("format") if isinstance(block, dict) else None
-    if found != fmt:
-        hint = " (it is a neuron set; pass a file from <out>/scores/)" if found == FORMAT_NAME else ""
-        raise NeuronSetError(f"{path} is a {found!r} file, not a relspec {what} file ({fmt!r}){hint}")
-    if block.get("format_version") != version:
-        raise NeuronSetError(
-            f"{path} has {what} format version {block.get('format_version')!r}; this relspec-lmeval reads {version!r}"
-        )
-    return tensors, block.get("metadata") or {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_set_path(name: str) -> Path:
-    """A path, or a short name of a shipped set such as ``relspec-tiny/person_father``."""
-    from relspec_lmeval._resources import list_shipped_neuron_sets, shipped_neuron_set
-
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    shipped = shipped_neuron_set(name)
-    if shipped is not None:
-        return shipped
-    import difflib
-
-    known = list_shipped_neuron_sets()
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else (f" Shipped sets: {', '.join(known[:12])}{' …' if len(known) > 12 else ''}." if known else "")
-    raise NeuronSetError(f"neuron-set file not found: {name!r} (neither a file nor a shipped set name).{hint}")
-
-
 def union_all(sets: list[NeuronSet]) -> NeuronSet:
     """One set to apply: the set itself when there is one (keeping its path and means)."""
     return sets[0] if len(sets) == 1 else sets[0].union(*sets[1:])
 
-
-def load_sets(spec: str) -> list[NeuronSet]:
-    """``a.safetensors+b.safetensors`` (paths or shipped names) → the loaded sets."""
-    names = [part.strip() for part in str(spec).split("+")]
-    if not all(names):
-        raise NeuronSetError(f"empty neuron-set name in {spec!r}")
-    return [NeuronSet.load(resolve_set_path(n)) for n in names]

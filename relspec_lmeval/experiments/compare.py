@@ -2,31 +2,40 @@
 
 Reads lm-eval ``--output_path`` folders (or results files), matches tasks, metrics and
 filters, and tests each difference: exact McNemar on paired 0/1 samples, a paired bootstrap
-of the mean difference on other per-sample metrics (both need ``--log_samples``), a z-test on
-lm-eval's standard errors otherwise. See docs/compare.md.
+of the mean difference on other per-sample metrics, a paired bootstrap of the corpus-level
+difference on weighted perplexities and bits per byte (all need ``--log_samples``), a z-test
+on lm-eval's standard errors otherwise. See docs/compare.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
-import difflib
 import io
 import json
 import math
-import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from relspec_lmeval.errors import DataError, UsageError
+from relspec_lmeval.util.suggest import closest
+
 TESTS = {
     "mcnemar": "exact McNemar test on the paired 0/1 samples",
     "bootstrap": "paired bootstrap of the mean difference over the paired samples",
+    "bootstrap-weighted": "paired bootstrap of the corpus-level difference: documents resampled jointly, "
+    "lm-eval's weighted aggregate recomputed on each resample",
     "stderr": "z-test on lm-eval's standard errors (unpaired, so conservative)",
     "n/a": "no per-sample means and no standard errors to test with",
 }
+
+# lm-eval's aggregations of per-document [loglik, length] pairs; it reports no stderr for them.
+WEIGHTED = ("weighted_perplexity", "bits_per_byte")
+# lm-eval's defaults, for task configs that list these metrics without an aggregation.
+DEFAULT_AGGREGATION = {"word_perplexity": "weighted_perplexity", "byte_perplexity": "weighted_perplexity", "bits_per_byte": "bits_per_byte"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Run:
     n_samples: dict[str, Any]
     model: str
     relspec: dict[str, Any]  # config.relspec of relspec-hf runs; {} for other models
+    configs: dict[str, Any]  # the results' task configs: how each metric was aggregated
 
     def samples_file(self, task: str) -> Path | None:
         """lm-eval writes ``samples_<task>_<timestamp>.jsonl`` beside ``results_<timestamp>.json``."""
@@ -47,6 +57,12 @@ class Run:
 
     def sample_count(self, task: str) -> int | None:
         return self.results[task].get("sample_len") or (self.n_samples.get(task) or {}).get("effective")
+
+    def weighted_aggregation(self, task: str, metric: str) -> str | None:
+        """``weighted_perplexity`` or ``bits_per_byte`` when lm-eval aggregated the metric so, else None."""
+        listed = [m for m in (self.configs.get(task) or {}).get("metric_list") or [] if isinstance(m, dict) and m.get("metric") == metric]
+        name = listed[0].get("aggregation", DEFAULT_AGGREGATION.get(metric)) if listed else DEFAULT_AGGREGATION.get(metric)
+        return name if name in WEIGHTED else None  # a custom aggregation (!function) is not ours to redo
 
     @property
     def sets(self) -> list[dict[str, Any]]:
@@ -74,6 +90,23 @@ class Row:
     test: str  # a key of TESTS
     p: float | None  # two-sided
     significant: bool | None
+    note: str = ""  # why a paired test was not possible, where it was meant to be (samples cut short)
+
+
+@dataclass(frozen=True)
+class CutShort:
+    """A samples file with fewer samples than the run evaluated, or with lines that do not parse
+    (an interrupted write): its task gets no paired test, and the outputs say so."""
+
+    task: str
+    file: str
+    read: int
+    expected: int
+    unparsable: int
+
+    def describe(self) -> str:
+        bad = f" ({self.unparsable} unparsable line{'s' if self.unparsable != 1 else ''})" if self.unparsable else ""
+        return f"{self.file}: {self.read} of {self.expected} samples read{bad}"
 
 
 @dataclass(frozen=True)
@@ -84,23 +117,24 @@ class Comparison:
     only_in_baseline: list[str]
     only_in_run: list[str]
     unequal_n: list[str]  # "task (n vs n)": runs with another --limit are not comparable
+    samples_cut_short: list[CutShort]
 
 
 def load_run(arg: str, name: str) -> Run:
     """A results file, or the newest ``results_*.json`` under a folder (lm-eval puts it one level down)."""
     path = Path(arg)
     if not path.exists():
-        raise ValueError(f"{arg}: no such file or folder")
+        raise UsageError(f"{arg}: no such file or folder")
     found = sorted(path.rglob("results_*.json"), key=lambda p: (p.name, p.stat().st_mtime)) if path.is_dir() else [path]
     if not found:
-        raise ValueError(f"{arg}: no lm-eval results_*.json in this folder (written by lm_eval --output_path {arg})")
+        raise UsageError(f"{arg}: no lm-eval results_*.json in this folder (written by lm_eval --output_path {arg})")
     file = found[-1]  # the names carry lm-eval's timestamp, so the last one is the newest run
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{file}: not a readable results JSON ({exc})") from exc
+        raise DataError(f"{file}: not a readable results JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
-        raise ValueError(f"{file}: not an lm-eval results file (no 'results' table)")
+        raise DataError(f"{file}: not an lm-eval results file (no 'results' table)")
     config = data.get("config") or {}
     model_args = config.get("model_args")
     pretrained = data.get("model_name") or (model_args.get("pretrained") if isinstance(model_args, dict) else model_args)
@@ -113,6 +147,7 @@ def load_run(arg: str, name: str) -> Run:
         n_samples=data.get("n-samples") or {},
         model=f"{config.get('model', '?')} {pretrained or ''}".strip(),
         relspec=config.get("relspec") or {},
+        configs=data.get("configs") or {},
     )
 
 
@@ -130,33 +165,94 @@ def _metrics(entry: dict[str, Any]) -> dict[tuple[str, str], float]:
     return out
 
 
-def _read_samples(path: Path | None) -> dict[tuple[Any, str], dict[str, float]]:
-    """(doc_id, filter) → the line's scalar numbers: per-sample metric values (and doc_id itself)."""
-    if path is None:
-        return {}
-    samples = {}
+# (doc_id, filter) → the sample's metric values: numbers, and [loglik, length] pairs of weighted metrics
+Samples = dict[tuple[Any, str], dict[str, float | tuple[float, float]]]
+
+
+def _value(v: Any) -> float | tuple[float, float] | None:
+    """A per-sample metric value: a number, or a ``[loglik, length]`` pair of a weighted metric."""
+    if _number(v) is not None:
+        return float(v)
+    if isinstance(v, list) and len(v) == 2 and all(_number(u) is not None for u in v):
+        return float(v[0]), float(v[1])
+    return None
+
+
+def _read_samples(path: Path) -> tuple[Samples, int]:
+    """Every line's numbers and pairs (its metric values, and doc_id itself), and how many lines did not parse."""
+    samples, unparsable = {}, 0
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8", errors="replace") as f:  # a write cut inside a character: that line only
             for line in f:
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     s = json.loads(line)
-                    samples[(s["doc_id"], s.get("filter", "none"))] = {k: float(v) for k, v in s.items() if isinstance(v, (int, float))}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable lm-eval samples file ({exc!r})") from exc
-    return samples
+                    samples[(s["doc_id"], s.get("filter", "none"))] = {k: v for k, v in ((k, _value(v)) for k, v in s.items()) if v is not None}
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    unparsable += 1  # an interrupted write leaves half a line: counted and said, not fatal
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable lm-eval samples file ({exc!r})") from None
+    return samples, unparsable
 
 
-def _per_sample(samples: dict[tuple[Any, str], dict[str, float]], metric: str, filt: str, reported: float) -> dict[Any, float] | None:
+def _task_samples(run: Run, task: str) -> tuple[Samples, CutShort | None]:
+    """The task's samples, or none and why when the file holds fewer than the run evaluated.
+
+    A paired test on part of the documents would not test the reported numbers, so a file cut
+    short gets none; the caller says so instead of falling back to the standard errors silently.
+    """
+    path = run.samples_file(task)
+    if path is None:
+        return {}, None
+    samples, unparsable = _read_samples(path)
+    filters = sorted({filt for _, filt in _metrics(run.results[task])})
+    n = run.sample_count(task)
+    counts = [sum(1 for _, f in samples if f == filt) for filt in filters]  # lm-eval writes a line per document and filter
+    if not unparsable and (n is None or all(count >= n for count in counts)):
+        return samples, None
+    expected = sum(counts) + unparsable if n is None else n * len(filters)
+    return {}, CutShort(task, str(path), sum(counts), expected, unparsable)
+
+
+def _per_sample(samples: Samples, metric: str, filt: str, reported: float) -> dict[Any, float] | None:
     """doc_id → value, when every document has a scalar value and their mean is the reported number.
 
     Perplexities, bits per byte, corpus metrics (values are lists) and any aggregation other
-    than the mean fail this, so only means of per-sample values get a paired test.
+    than the mean fail this, so only means of per-sample values get this paired test.
     """
     values = {doc: v.get(metric) for (doc, f), v in samples.items() if f == filt}
-    if not values or any(v is None for v in values.values()):
+    if not values or not all(isinstance(v, float) for v in values.values()):
         return None
     mean = math.fsum(values.values()) / len(values)
     return values if math.isclose(mean, reported, rel_tol=1e-9, abs_tol=1e-12) else None
+
+
+def weighted_aggregate(aggregation: str, loglik: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """lm-eval's ``weighted_perplexity`` (exp of −Σ loglik / Σ length) or ``bits_per_byte``
+    (−Σ loglik / (Σ bytes · ln 2)) of the documents along the last axis."""
+    mean = loglik.sum(axis=-1) / length.sum(axis=-1)
+    return np.exp(-mean) if aggregation == "weighted_perplexity" else -mean / math.log(2)
+
+
+def _weighted_pairs(run: Run, task: str, samples: Samples, metric: str, filt: str, reported: float) -> dict[Any, tuple[float, float]] | None:
+    """doc_id → (loglik, length) of a weighted metric, checked against the run's reported aggregate.
+
+    A mismatch means the samples are not the ones the results were computed from (another run's
+    file, an edited one): an error, as a test on them would test something else.
+    """
+    aggregation = run.weighted_aggregation(task, metric)
+    pairs = {doc: v.get(metric) for (doc, f), v in samples.items() if f == filt}
+    if aggregation is None or not pairs or not all(isinstance(v, tuple) for v in pairs.values()):
+        return None
+    loglik, length = np.array(list(pairs.values())).T
+    recomputed = float(weighted_aggregate(aggregation, loglik, length))
+    if not math.isclose(recomputed, reported, rel_tol=1e-9, abs_tol=1e-12):  # lm-eval sums in another order
+        raise DataError(
+            f"{run.samples_file(task)}: the samples do not reproduce {metric},{filt} of {run.file} "
+            f"({aggregation} of their [loglik, length] pairs is {recomputed:.10g}, the results say {reported:.10g})"
+        )
+    return pairs
 
 
 def mcnemar_p(x: np.ndarray, y: np.ndarray) -> float:
@@ -167,18 +263,35 @@ def mcnemar_p(x: np.ndarray, y: np.ndarray) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
-def bootstrap_p(x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: int = 0) -> float:
-    """Two-sided paired bootstrap: how often a resampled mean difference, centred on the observed
-    one (the null), lands at least as far from it as the observed one is from 0."""
-    d = np.asarray(y, dtype=np.float64) - np.asarray(x, dtype=np.float64)
-    observed = d.mean()
+def _bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, observed: float, resamples: int, seed: int) -> float:
+    """Two-sided paired bootstrap: how often the statistic of a resample of the n documents (one row
+    of indices, the same for both runs), centred on the observed one (the null), lands at least as
+    far from it as the observed one is from 0."""
     rng = np.random.default_rng(seed)
-    block = max(1, 2**22 // len(d))  # resamples per draw: bounds the index matrix at ~32 MiB
+    block = max(1, 2**22 // n)  # resamples per draw: bounds the index matrix at ~32 MiB
     extreme = 0
     for start in range(0, resamples, block):
-        means = d[rng.integers(0, len(d), size=(min(block, resamples - start), len(d)))].mean(axis=1)
-        extreme += int(np.count_nonzero(np.abs(means - observed) >= abs(observed)))
+        values = statistic(rng.integers(0, n, size=(min(block, resamples - start), n)))
+        extreme += int(np.count_nonzero(np.abs(values - observed) >= abs(observed)))
     return (extreme + 1) / (resamples + 1)  # counts the observed sample itself: never exactly 0
+
+
+def bootstrap_p(x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: int = 0) -> float:
+    """Paired bootstrap of the mean difference."""
+    d = np.asarray(y, dtype=np.float64) - np.asarray(x, dtype=np.float64)
+    return _bootstrap(lambda idx: d[idx].mean(axis=1), len(d), d.mean(), resamples, seed)
+
+
+def weighted_bootstrap_p(x: np.ndarray, y: np.ndarray, aggregation: str, *, resamples: int = 10_000, seed: int = 0) -> float:
+    """Paired bootstrap of the difference of a weighted aggregate; x, y: (documents, 2) arrays of
+    [loglik, length], row i the same document in both runs. Perplexity is a ratio of sums, not a
+    mean of per-document values, so each resample recomputes it from the resampled documents."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+    def diff(idx: np.ndarray | slice) -> np.ndarray:
+        return weighted_aggregate(aggregation, y[idx, 0], y[idx, 1]) - weighted_aggregate(aggregation, x[idx, 0], x[idx, 1])
+
+    return _bootstrap(diff, len(x), float(diff(slice(None))), resamples, seed)
 
 
 def stderr_p(diff: float, se_a: float | None, se_b: float | None) -> float | None:
@@ -192,16 +305,40 @@ def _few(names: list[str], k: int = 5) -> str:
     return (", ".join(names[:k]) + (f", … ({len(names) - k} more)" if len(names) > k else "")) or "none"
 
 
+def _paired_test(
+    baseline: Run, run: Run, task: str, samples_a: Samples, samples_b: Samples, metric: str, filt: str,
+    base: float, value: float, resamples: int, seed: int,
+) -> tuple[str, int, float] | None:  # fmt: skip
+    """(test, paired documents, p) when both runs have samples of the same documents, else None."""
+    aggregation = baseline.weighted_aggregation(task, metric)
+    if aggregation is not None and aggregation == run.weighted_aggregation(task, metric):
+        pairs_a, pairs_b = _weighted_pairs(baseline, task, samples_a, metric, filt, base), _weighted_pairs(run, task, samples_b, metric, filt, value)
+        if pairs_a is None or pairs_b is None or pairs_a.keys() != pairs_b.keys():
+            return None
+        x, y = np.array(list(pairs_a.values())), np.array([pairs_b[doc] for doc in pairs_a])
+        return "bootstrap-weighted", len(x), weighted_bootstrap_p(x, y, aggregation, resamples=resamples, seed=seed)
+    per_a, per_b = _per_sample(samples_a, metric, filt, base), _per_sample(samples_b, metric, filt, value)
+    if per_a is None or per_b is None or per_a.keys() != per_b.keys():
+        return None
+    x, y = np.array(list(per_a.values())), np.array([per_b[doc] for doc in per_a])
+    if np.isin(x, (0, 1)).all() and np.isin(y, (0, 1)).all():
+        return "mcnemar", len(x), mcnemar_p(x, y)
+    return "bootstrap", len(x), bootstrap_p(x, y, resamples=resamples, seed=seed)
+
+
 def compare(baseline: Run, run: Run, *, alpha: float = 0.05, resamples: int = 10_000, seed: int = 0) -> Comparison:
     common = [t for t in baseline.results if t in run.results]
     if not common:
-        hints = [f"{t} ~ {m[0]}" for t in sorted(baseline.results) if (m := difflib.get_close_matches(t, list(run.results), n=1))]
+        hints = [f"{t} ~ {m}" for t in sorted(baseline.results) if (m := closest(t, run.results))]
         detail = f"close names: {_few(hints)}" if hints else f"tasks: {_few(sorted(run.results))} vs {_few(sorted(baseline.results))}"
-        raise ValueError(f"{run.file}: no task in common with {baseline.file}; {detail}")
-    rows, unequal_n = [], []
+        raise DataError(f"{run.file}: no task in common with {baseline.file}; {detail}")
+    rows, unequal_n, cut_short = [], [], []
     for task in sorted(common):
         a, b = _metrics(baseline.results[task]), _metrics(run.results[task])
-        samples_a, samples_b = _read_samples(baseline.samples_file(task)), _read_samples(run.samples_file(task))
+        (samples_a, cut_a), (samples_b, cut_b) = _task_samples(baseline, task), _task_samples(run, task)
+        cut = [c for c in (cut_a, cut_b) if c is not None]
+        cut_short += cut
+        note = "; ".join(f"samples cut short: {c.describe()}" for c in cut)
         n_task, n_run = baseline.sample_count(task), run.sample_count(task)
         if n_task != n_run:
             unequal_n.append(f"{task} ({n_task} vs {n_run})")
@@ -209,18 +346,13 @@ def compare(baseline: Run, run: Run, *, alpha: float = 0.05, resamples: int = 10
             base, value = a[(metric, filt)], b[(metric, filt)]
             se_a = _number(baseline.results[task].get(f"{metric}_stderr,{filt}"))
             se_b = _number(run.results[task].get(f"{metric}_stderr,{filt}"))
-            per_a, per_b = _per_sample(samples_a, metric, filt, base), _per_sample(samples_b, metric, filt, value)
-            if per_a is not None and per_b is not None and per_a.keys() == per_b.keys():
-                x, y = np.array(list(per_a.values())), np.array([per_b[doc] for doc in per_a])
-                n = len(x)
-                if np.isin(x, (0, 1)).all() and np.isin(y, (0, 1)).all():
-                    test, p = "mcnemar", mcnemar_p(x, y)
-                else:
-                    test, p = "bootstrap", bootstrap_p(x, y, resamples=resamples, seed=seed)
+            paired = _paired_test(baseline, run, task, samples_a, samples_b, metric, filt, base, value, resamples, seed)
+            if paired is not None:
+                test, n, p = paired
             else:
                 n, p = n_task, stderr_p(value - base, se_a, se_b)
                 test = "n/a" if p is None else "stderr"
-            rows.append(Row(task, metric, filt, n, base, value, value - base, se_a, se_b, test, p, None if p is None else p < alpha))
+            rows.append(Row(task, metric, filt, n, base, value, value - base, se_a, se_b, test, p, None if p is None else p < alpha, note))
     return Comparison(
         baseline,
         run,
@@ -228,6 +360,7 @@ def compare(baseline: Run, run: Run, *, alpha: float = 0.05, resamples: int = 10
         only_in_baseline=sorted(set(baseline.results) - set(common)),
         only_in_run=sorted(set(run.results) - set(common)),
         unequal_n=unequal_n,
+        samples_cut_short=cut_short,
     )
 
 
@@ -257,11 +390,14 @@ def to_markdown(comparisons: list[Comparison], alpha: float, resamples: int, see
         for note, tasks in ((f"Only in {a}", c.only_in_baseline), (f"Only in {b}", c.only_in_run), ("Sample counts differ (another --limit?)", c.unequal_n)):
             if tasks:
                 lines += ["", f"{note}: {', '.join(tasks)}."]
+        if c.samples_cut_short:
+            lines += ["", "Samples cut short (fewer samples than documents, or lines that do not parse), so no paired test for these tasks:"]
+            lines += [f"- {cut.task}: {cut.describe()}" for cut in c.samples_cut_short]
     lines += ["", f"p is two-sided; significant: p < {alpha}. Tests:"]
     used = {r.test for c in comparisons for r in c.rows}
     for test, what in TESTS.items():
         if test in used:
-            extra = f" ({resamples} resamples, seed {seed})" if test == "bootstrap" else ""
+            extra = f" ({resamples} resamples, seed {seed})" if test.startswith("bootstrap") else ""
             lines.append(f"- {test}: {what}{extra}")
     return "\n".join(lines) + "\n"
 
@@ -294,7 +430,8 @@ def to_json(comparisons: list[Comparison], alpha: float, resamples: int, seed: i
             "baseline": _run_json(comparisons[0].baseline),
             "comparisons": [
                 {"run": _run_json(c.run), "rows": [asdict(r) for r in c.rows], "only_in_baseline": c.only_in_baseline,
-                 "only_in_run": c.only_in_run, "unequal_n": c.unequal_n}
+                 "only_in_run": c.only_in_run, "unequal_n": c.unequal_n,
+                 "samples_cut_short": [asdict(cut) for cut in c.samples_cut_short]}
                 for c in comparisons
             ],
         },
@@ -308,7 +445,7 @@ def plot(comparisons: list[Comparison], path: Path) -> None:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ValueError(f"--plot {path} needs matplotlib: pip install 'relspec-lmeval[plot]'") from exc
+        raise UsageError(f"--plot {path} needs matplotlib: pip install matplotlib") from exc
     runs = [comparisons[0].baseline] + [c.run for c in comparisons]
     # (metric, filter) → task → per run (value, stderr, significant); NaN where a run lacks the task
     panels: dict[tuple[str, str], dict[str, list[tuple[float, float, bool]]]] = {}
@@ -337,57 +474,3 @@ def plot(comparisons: list[Comparison], path: Path) -> None:
         ax.set_title(metric if filt == "none" else f"{metric} ({filt})", fontsize=10)
     axes[0].legend(fontsize=8)
     fig.savefig(path, dpi=120)
-
-
-def _names(args: list[str]) -> list[str]:
-    """Short column names (the folder's or file's name), unless two inputs would share one."""
-    short = [(Path(a).stem if Path(a).is_file() else Path(a).name) or a for a in args]
-    return short if len(set(short)) == len(short) else list(args)
-
-
-def _cmd_compare(args: argparse.Namespace) -> None:
-    if len(args.results) < 2:
-        raise ValueError("compare needs at least two results: the baseline first, then the run(s) to compare with it")
-    if not 0 < args.alpha < 1 or args.resamples < 1:
-        raise ValueError(f"--alpha must be in (0, 1) and --resamples at least 1 (got {args.alpha}, {args.resamples})")
-    runs = [load_run(arg, name) for arg, name in zip(args.results, _names(args.results))]
-    for run in runs:
-        if run.found > 1:  # the table says so too; csv and json readers see it here
-            print(f"relspec compare: {run.label}: read {run.file}, the newest of {run.found} results files", file=sys.stderr)
-    comparisons = [compare(runs[0], run, alpha=args.alpha, resamples=args.resamples, seed=args.seed) for run in runs[1:]]
-    if args.plot:
-        plot(comparisons, Path(args.plot))
-    if args.format == "csv":
-        text = to_csv(comparisons)
-    elif args.format == "json":
-        text = to_json(comparisons, args.alpha, args.resamples, args.seed)
-    else:
-        text = to_markdown(comparisons, args.alpha, args.resamples, args.seed)
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-
-
-def add_cli(sub: Any) -> None:
-    """Add ``compare`` to the ``relspec`` command."""
-    p = sub.add_parser(
-        "compare",
-        help="compare lm-eval results (original vs ablated) with significance tests",
-        description="Match the tasks and metrics of lm-eval results and test each difference: exact McNemar "
-        "(0/1 metrics) or a paired bootstrap on the per-sample results of --log_samples runs, a z-test on the "
-        "reported standard errors otherwise. See docs/compare.md.",
-    )
-    p.add_argument(
-        "results",
-        nargs="+",
-        metavar="RESULTS",
-        help="lm_eval --output_path folder (its newest results_*.json) or a results file; the first is the baseline",
-    )
-    p.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown", help="default: markdown")
-    p.add_argument("--out", default=None, metavar="FILE", help="write the table here instead of to stdout")
-    p.add_argument("--plot", default=None, metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.set_defaults(func=_cmd_compare)

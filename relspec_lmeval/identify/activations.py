@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from relspec_lmeval.ablation import find_mlps
-from relspec_lmeval.scoring import NeuronLayout
+from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.sets.shape import ModelShape
 
 # ---------------------------------------------------------------------------- processes
 
@@ -161,7 +161,7 @@ class ActivationRecorder(AbstractContextManager):
     ``arm`` records (the prefill of a generation; decoding steps are ignored).
     """
 
-    def __init__(self, model: nn.Module, layout: NeuronLayout, device: torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module, layout: ModelShape, device: torch.device | None = None) -> None:
         self.model = model
         self.layout = layout
         self.device = device or input_device(model)
@@ -238,7 +238,7 @@ class ActivationRecorder(AbstractContextManager):
 # ---------------------------------------------------------------------------- passes
 
 
-def _forward_kwargs(model: nn.Module) -> dict[str, Any]:
+def forward_kwargs(model: nn.Module) -> dict[str, Any]:
     """Arguments that skip work the statistics do not need (the cache; logits but one)."""
     params = inspect.signature(model.forward).parameters
     kwargs: dict[str, Any] = {"use_cache": False}
@@ -266,7 +266,7 @@ def _check_finite(values: torch.Tensor, what: str) -> None:
 def activation_matrix(
     model: nn.Module,
     encoded: Sequence[Sequence[int]],
-    layout: NeuronLayout,
+    layout: ModelShape,
     *,
     batch_size: int,
     pad_id: int,
@@ -280,7 +280,7 @@ def activation_matrix(
     device = input_device(model)
     dtype = stats_dtype(model)
     matrix = torch.zeros((len(encoded), layout.total), dtype=dtype, device=matrix_device)
-    kwargs = _forward_kwargs(model)
+    kwargs = forward_kwargs(model)
     mine = processes.mine(length_batches(encoded, batch_size))
     with ActivationRecorder(model, layout, device) as recorder, _progress(
         sum(len(b) for b in mine), desc, progress and processes.is_main
@@ -303,7 +303,7 @@ def generate_with_means(
     model: nn.Module,
     tokenizer: Any,
     encoded: Sequence[Sequence[int]],
-    layout: NeuronLayout | None,
+    layout: ModelShape | None,
     *,
     batch_size: int,
     max_new_tokens: int = 2,
@@ -335,7 +335,7 @@ def generate_with_means(
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.bos_token_id,
         )
-    kwargs = _forward_kwargs(model)
+    kwargs = forward_kwargs(model)
     recorder = ActivationRecorder(model, layout, device) if layout is not None else None
     with recorder if recorder is not None else _Null(), _progress(
         sum(len(b) for b in mine), desc, progress and processes.is_main

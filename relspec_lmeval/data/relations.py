@@ -15,7 +15,6 @@ subject with every template.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -23,13 +22,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .lre_data import LREDataError, resolve_lre_dir
-from .relation_templates import (
+from relspec_lmeval.data.lre import resolve_lre_dir
+from relspec_lmeval.data.templates import (
     ANSWER_AFFIXES,
     MULTILINGUAL_TEMPLATES,
     PAPER_RELATIONS,
     RelationSpec,
 )
+from relspec_lmeval.errors import DataError, LREDataError, UsageError
+from relspec_lmeval.util.hashing import json_sha256
+from relspec_lmeval.util import resources
+from relspec_lmeval.util.suggest import did_you_mean
 
 __all__ = [
     "EVA_SIZE",
@@ -77,23 +80,44 @@ def _load_relation(relation: str, data_dir) -> tuple[str, Path, dict, RelationSp
     # the LRE file stem of a paper relation ("landmark_on_continent") is an alias
     name = _PAPER_FILES.get(relation + ".json", relation) if relation not in files else relation
     if name not in files:
-        close = difflib.get_close_matches(relation, list(files), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"No relation {relation!r} in {resolve_lre_dir(data_dir)}.{hint} "
+        raise DataError(
+            f"No relation {relation!r} in {resolve_lre_dir(data_dir)}.{did_you_mean(relation, files)} "
             f"Available: {', '.join(sorted(files))}"
         )
     path = files[name]
-    with path.open(encoding="utf-8") as fh:
-        raw = json.load(fh)
-    return name, path, raw, PAPER_RELATIONS.get(name)
+    return name, path, read_relation_file(path), PAPER_RELATIONS.get(name)
+
+
+def read_relation_file(path: Path) -> dict:
+    """An LRE-format relation file, checked: ``DataError`` naming the file and what is wrong.
+
+    It must be a JSON object whose ``samples`` is a non-empty list of ``{"subject": str,
+    "object": str}``; templates are checked where they are used.
+    """
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"cannot read relation file {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"relation file {path} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"relation file {path} must hold a JSON object, not a {type(raw).__name__}")
+    samples = raw.get("samples")
+    if samples is None:
+        raise DataError(f"relation file {path} has no \"samples\" list")
+    if not isinstance(samples, list) or not samples:
+        raise DataError(f"relation file {path}: \"samples\" must be a non-empty list of {{\"subject\", \"object\"}}")
+    for i, sample in enumerate(samples):
+        if not (isinstance(sample, dict) and isinstance(sample.get("subject"), str) and isinstance(sample.get("object"), str)):
+            raise DataError(f"relation file {path}: sample {i} must be {{\"subject\": text, \"object\": text}}, got {sample!r:.80}")
+    return raw
 
 
 def _templates(name: str, raw: dict, spec, template_set: str, language: str) -> tuple[str, ...]:
     if language not in ANSWER_AFFIXES:
-        raise ValueError(f"language must be one of {LANGUAGES}, not {language!r}")
+        raise UsageError(f"language must be one of {LANGUAGES}, not {language!r}")
     if template_set not in ("main", "t2", "file"):
-        raise ValueError(f"template_set must be 'main', 't2' or 'file', not {template_set!r}")
+        raise UsageError(f"template_set must be 'main', 't2' or 'file', not {template_set!r}")
     found: Iterable[str] | None = None
     if spec is not None and template_set != "file":
         if language == "en":
@@ -105,7 +129,7 @@ def _templates(name: str, raw: dict, spec, template_set: str, language: str) -> 
         key = "prompt_templates" if template_set in ("main", "file") else "prompt_templates_zs"
         found = raw.get(key if language == "en" else f"{key}_{language}")
     if not found:
-        raise ValueError(f"No {template_set!r} templates in language {language!r} for {name!r}")
+        raise DataError(f"No {template_set!r} templates in language {language!r} for {name!r}")
     return tuple(found)
 
 
@@ -148,7 +172,7 @@ def build_docs(
     template_index, language, split, prompt.
     """
     if split not in ("eva", "det"):
-        raise ValueError(f"split must be 'eva' or 'det', not {split!r}")
+        raise UsageError(f"split must be 'eva' or 'det', not {split!r}")
     name, path, raw, spec = _load_relation(relation, data_dir)
     templates = _templates(name, raw, spec, template_set, language)
     eva, det, golds = _split(path.stem, raw["samples"])
@@ -175,7 +199,7 @@ def build_ppl_docs(relation: str, data_dir: str | Path | None = None) -> list[di
     name, path, raw, spec = _load_relation(relation, data_dir)
     sentence = spec.ppl_sentence if spec else raw.get("ppl_sentence")
     if not sentence:
-        raise ValueError(f"{name!r} has no perplexity sentence; add \"ppl_sentence\" to {path}")
+        raise DataError(f"{name!r} has no perplexity sentence; add \"ppl_sentence\" to {path}")
     _, det, golds = _split(path.stem, raw["samples"])
     objects = list(dict.fromkeys(obj for subject in det for obj in golds[subject]))[:PPL_SIZE]
     return [
@@ -198,10 +222,7 @@ def is_correct(generated: str, golds: Iterable[str]) -> bool:
 
 def docs_hash(docs: Iterable[Mapping[str, Any]]) -> str:
     """sha256 of the docs as canonical JSON (sorted keys, no spaces, UTF-8)."""
-    canonical = json.dumps(
-        [dict(doc) for doc in docs], sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return json_sha256([dict(doc) for doc in docs])
 
 
 # ---------------------------------------------------------------- lm-eval hooks
@@ -213,10 +234,9 @@ def _task_data_dir(data_dir: str | None, lre_dir: str | None) -> Path:
         return resolve_lre_dir(lre_dir)
     path = Path(data_dir).expanduser()
     if not path.is_absolute():
-        from ._resources import resource_dir
 
         head, *rest = path.parts
-        path = resource_dir(head).joinpath(*rest)  # e.g. "models/<name>/facts"
+        path = resources.resource_dir(head).joinpath(*rest)  # e.g. "models/<name>/facts"
     return resolve_lre_dir(path)
 
 

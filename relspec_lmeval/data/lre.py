@@ -15,6 +15,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from relspec_lmeval.errors import LREDataError
+from relspec_lmeval.util.env import env_flag
+from relspec_lmeval.util.files import atomic_write
+
 LRE_REPO = "evandez/relations"
 LRE_COMMIT = "1b9ec3cf2b8368e42bde7e80fcef384312a6ec07"
 LRE_URL = f"https://raw.githubusercontent.com/{LRE_REPO}/{LRE_COMMIT}/data/factual/"
@@ -57,14 +61,6 @@ HOW_TO_POINT = (
 )
 
 
-class LREDataError(RuntimeError):
-    """The relation files cannot be found, fetched or verified."""
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def cache_dir() -> Path:
     """Folder the pinned upstream files are downloaded to (``RELSPEC_CACHE_DIR`` overrides)."""
     root = os.environ.get("RELSPEC_CACHE_DIR")
@@ -105,9 +101,7 @@ def _download(folder: Path, names: list[str]) -> None:
                 f"{url} does not match the pinned sha256 of {LRE_REPO}@{LRE_COMMIT}; "
                 f"refusing to use it. {HOW_TO_POINT}"
             )
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, folder / name)  # atomic: readers never see half a file
+        atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))  # readers never see half a file
 
 
 def fetch_pinned_lre() -> Path:
@@ -115,7 +109,7 @@ def fetch_pinned_lre() -> Path:
     folder = cache_dir()
     if not _missing(folder):
         return folder
-    if _truthy(os.environ.get("RELSPEC_OFFLINE")):
+    if env_flag("RELSPEC_OFFLINE"):
         raise LREDataError(
             f"LRE relation files are not in the cache {folder} and RELSPEC_OFFLINE is set, "
             f"so they are not downloaded. {HOW_TO_POINT}"

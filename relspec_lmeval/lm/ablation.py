@@ -9,6 +9,7 @@ hook rewrites the channel's output instead. Both paths undo themselves in ``remo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,79 +17,45 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from relspec_lmeval.neuron_set import SITES, ModelShape, NeuronSet, NeuronSetError, union_all
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.modelio.mlps import find_mlps, model_shape
+from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
+from relspec_lmeval.util.suggest import did_you_mean
+
+__all__ = ["METHODS", "MODES", "Ablation", "AblationSpec", "ablated", "apply_ablation", "check_mode_fits"]
 
 MODES = ("zero", "scale", "mean")
 METHODS = ("auto", "weights", "hooks")
 
 
-class UnsupportedModelError(ValueError):
-    """The model's MLPs are not separate gate_proj/up_proj/down_proj linear layers."""
-
-
 @dataclass
 class AblationSpec:
+    """How to switch neurons off: ``mode`` zero|scale|mean, ``factor`` (scale), ``method`` auto|weights|hooks.
+
+    Raises ``NeuronSetError`` for an unknown mode or method, a missing, non-numeric or
+    non-finite factor, or a factor given without ``mode=scale``.
+    """
+
     mode: str = "zero"
     factor: float | None = None
     method: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            import difflib
-
-            close = difflib.get_close_matches(str(self.mode), MODES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise NeuronSetError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}.{hint}")
+            raise NeuronSetError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}.{did_you_mean(str(self.mode), MODES)}")
         if self.method not in METHODS:
             raise NeuronSetError(f"unknown ablation method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.mode == "scale":
             if self.factor is None:
                 raise NeuronSetError("mode=scale needs factor=F (e.g. factor=0.5)")
-            self.factor = float(self.factor)
+            try:
+                self.factor = float(self.factor)
+            except (TypeError, ValueError):
+                raise NeuronSetError(f"factor must be a number, got {self.factor!r}") from None
+            if not math.isfinite(self.factor):
+                raise NeuronSetError(f"factor must be a finite number, got {self.factor!r} (it would make the weights {self.factor})")
         elif self.factor is not None and self.mode != "scale":
             raise NeuronSetError(f"factor is only used with mode=scale, not mode={self.mode}")
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    # PEFT wraps the transformers model; its LoRA layers replace the Linear modules in place.
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _model_type(model: nn.Module) -> str:
-    return str(getattr(getattr(_base_model(model), "config", None), "model_type", type(model).__name__))
-
-
-def find_mlps(model: nn.Module) -> list[nn.Module]:
-    """Each decoder layer's MLP, in order; a clear error for fused or mixture-of-experts MLPs."""
-    base = _base_model(model)
-    layers = None
-    for _, module in base.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and all(hasattr(m, "mlp") for m in module):
-            layers = module
-            break
-    model_type = _model_type(model)
-    if layers is None:
-        raise UnsupportedModelError(f"model type {model_type!r}: found no decoder layers with an `mlp` module")
-    mlps = [layer.mlp for layer in layers]
-    for i, mlp in enumerate(mlps):
-        missing = [s for s in SITES if not isinstance(getattr(mlp, s, None), nn.Module)]
-        if missing:
-            kind = (
-                "a mixture-of-experts MLP"
-                if hasattr(mlp, "experts")
-                else "a fused gate_up_proj MLP"
-                if hasattr(mlp, "gate_up_proj")
-                else f"an MLP without {', '.join(missing)}"
-            )
-            raise UnsupportedModelError(
-                f"model type {model_type!r} has {kind} (layer {i}, {type(mlp).__name__}); relspec-hf supports "
-                "Llama-style MLPs with separate gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma, …)"
-            )
-    return mlps
-
-
-def model_shape(model: nn.Module) -> ModelShape:
-    return ModelShape.from_config(_base_model(model).config)
 
 
 def _weight_editable(module: nn.Module) -> bool:
@@ -143,16 +110,26 @@ def _output_hook(index: torch.Tensor, spec: AblationSpec, means: torch.Tensor | 
     return hook
 
 
-def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None) -> Ablation:
-    """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle."""
-    spec = spec or AblationSpec()
-    mlps = find_mlps(model)
-    neuron_set.validate(model_shape(model))
-    if spec.mode == "mean" and not neuron_set.has_means:
+def check_mode_fits(neuron_set: NeuronSet, spec: AblationSpec) -> None:
+    """``mode=mean`` needs the per-neuron means that ``relspec identify`` stores."""
+    if spec.mode == "mean" and len(neuron_set) and not neuron_set.has_means:
         raise NeuronSetError(
             f"mode=mean needs per-neuron means in the neuron-set file, and {neuron_set.path or 'this set'} has none; "
             "use mode=zero, or a set written by `relspec identify` (it stores the means)"
         )
+
+
+def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None) -> Ablation:
+    """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle.
+
+    Raises ``UnsupportedModelError`` for MLPs without separate gate/up/down projections and
+    ``NeuronSetError`` when the set does not fit the model or the mode cannot be applied;
+    on any error the model is left as it was.
+    """
+    spec = spec or AblationSpec()
+    mlps = find_mlps(model)
+    neuron_set.validate(model_shape(model), allow_empty=True)  # callers decide whether empty is allowed
+    check_mode_fits(neuron_set, spec)
     ablation = Ablation()
     try:
         for (layer, site), index in neuron_set.neurons.items():

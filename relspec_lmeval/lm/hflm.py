@@ -17,20 +17,27 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from relspec_lmeval import __version__
-from relspec_lmeval._resources import shipped_model
-from relspec_lmeval.ablation import Ablation, AblationSpec, apply_ablation, find_mlps, model_shape
-from relspec_lmeval.neuron_set import NeuronSet, load_sets, union_all
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.lm.ablation import Ablation, AblationSpec, apply_ablation, check_mode_fits
+from relspec_lmeval.modelio.load import load_config, resolve_pretrained
+from relspec_lmeval.modelio.mlps import find_mlps, model_shape
+from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
+from relspec_lmeval.sets.resolve import load_sets
+from relspec_lmeval.sets.shape import ModelShape
+
+__all__ = ["RESULTS_KEY", "RelspecHFLM"]
 
 RESULTS_KEY = "relspec"
+_NOT_GIVEN = object()  # neuron_set left out (the unmodified model), as opposed to neuron_set=none
 
 
-def resolve_pretrained(pretrained: Any) -> Any:
-    """``relspec-tiny`` → the installed model folder; hub ids, paths and model objects pass through."""
-    if isinstance(pretrained, str):
-        shipped = shipped_model(pretrained)
-        if shipped is not None:
-            return str(shipped)
-    return pretrained
+def _flag(value: Any, name: str) -> bool:
+    """lm-eval passes true/false as bool from the CLI and the Python parser alike; accept their text too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise NeuronSetError(f"{name} must be true or false, got {value!r}")
 
 
 @register_model("relspec-hf")
@@ -38,27 +45,41 @@ class RelspecHFLM(HFLM):
     def __init__(
         self,
         pretrained: Any,
-        neuron_set: str | None = None,
+        neuron_set: Any = _NOT_GIVEN,
         mode: str = "zero",
         factor: float | None = None,
         ablate_with: str = "auto",
+        allow_empty: Any = False,
         **kwargs: Any,
     ) -> None:
         """
         Args:
             neuron_set: a neuron-set file, a shipped set name (``relspec-tiny/person_father``),
-                or several joined with ``+`` (their union). None: the unmodified model.
+                or several joined with ``+`` (their union). Left out: the unmodified model.
             mode: ``zero`` (the paper's), ``scale`` (multiply by ``factor``) or ``mean`` (set to
                 the per-neuron means stored in the file).
             ablate_with: ``auto`` (weight edits where exact, hooks elsewhere), ``weights`` or ``hooks``.
+            allow_empty: accept a set with no neurons (recorded as such in the results).
+
+        Raises ``NeuronSetError`` (an empty ``neuron_set=`` value, a missing or malformed file,
+        a set of another model shape, a bad mode or factor) before the weights are loaded.
         """
         # Everything that can be wrong with the set is checked before the (slow) model load.
         self.relspec_spec = AblationSpec(mode=mode, factor=factor, method=ablate_with)
-        self.relspec_sets: list[NeuronSet] = load_sets(neuron_set) if neuron_set else []
+        self.relspec_allow_empty = _flag(allow_empty, "allow_empty")
+        self.relspec_sets: list[NeuronSet] = [] if neuron_set is _NOT_GIVEN else load_sets(neuron_set)
         self.relspec_ablation: Ablation | None = None
+        if self.relspec_sets and isinstance(pretrained, str):
+            config = load_config(pretrained, kwargs.get("revision"))
+            self._check_sets(self.relspec_sets, ModelShape.from_config(config))
         super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
         if self.relspec_sets:
             self.set_neuron_sets(self.relspec_sets)
+
+    def _check_sets(self, sets: Sequence[NeuronSet], shape: ModelShape) -> None:
+        for s in sets:
+            s.validate(shape, allow_empty=self.relspec_allow_empty)
+            check_mode_fits(s, self.relspec_spec)
 
     def set_neuron_sets(self, neuron_sets: str | Sequence[NeuronSet] | None) -> None:
         """Switch to other neurons in place: undo the current ablation, apply ``neuron_sets``
@@ -70,9 +91,7 @@ class RelspecHFLM(HFLM):
         sets = load_sets(neuron_sets) if isinstance(neuron_sets, str) else list(neuron_sets or [])
         if sets:  # a bad set fails here, with the current ablation still in place
             find_mlps(self._model)
-            shape = model_shape(self._model)
-            for s in sets:
-                s.validate(shape)
+            self._check_sets(sets, model_shape(self._model))
         if self.relspec_ablation is not None:
             self.relspec_ablation.remove()
             self.relspec_ablation = None
@@ -103,6 +122,8 @@ class RelspecHFLM(HFLM):
                 }
                 for s in self.relspec_sets
             ],
+            "count": sum(len(s) for s in self.relspec_sets) if self.relspec_sets else 0,
+            "empty": bool(self.relspec_sets) and not any(len(s) for s in self.relspec_sets),
             "mode": self.relspec_spec.mode if self.relspec_sets else None,
             "factor": self.relspec_spec.factor,
             "applied_with": self.relspec_ablation.methods if self.relspec_ablation else [],

@@ -1,0 +1,93 @@
+"""``relspec identify``: the command line of ``identify.pipeline.identify``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from relspec_lmeval.cli.common import batch_size, command_line
+from relspec_lmeval.identify.config import DEFAULT_CAP, DEFAULT_K, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
+
+__all__ = ["add_parser"]
+
+
+def _cmd_identify(args: argparse.Namespace) -> None:
+    cfg = IdentifyConfig(
+        model=args.model,
+        out=args.out,
+        relations=args.relations,
+        data=args.data,
+        k=args.k,
+        select=args.select,
+        cap=args.cap,
+        negative_ratio=args.negative_ratio,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_batch_size=args.max_batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        revision=args.revision,
+        filter=not args.no_filter,
+        template_set=args.template_set,
+        language=args.language,
+        lre_dir=args.lre_dir,
+        memory_budget_gb=args.memory_budget,
+        force=args.force,
+        command=command_line(args),
+        progress=not args.quiet,
+    )
+    from relspec_lmeval.identify.pipeline import identify  # torch and transformers: only when run
+
+    summary = identify(cfg)
+    print(f"wrote {len(summary['relations'])} neuron set(s), scores and summary.json to {cfg.out}")
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``identify`` to the ``relspec`` command."""
+    p = sub.add_parser(
+        "identify",
+        help="find relation-specific neurons and write neuron-set files",
+        description="Find each relation's specific neurons (AP of per-prompt mean outputs, positives = correctly "
+        "answered P^det prompts) and write <out>/<relation>.safetensors, <out>/scores/<relation>.safetensors "
+        "and <out>/summary.json. See docs/identification.md.",
+    )
+    p.add_argument("--model", required=True, help="hub id, local folder or shipped model name (relspec-tiny)")
+    p.add_argument("--relations", default="all", help="'all' or comma-separated relation names (default: all)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="folder of LRE JSON files, or a task group such as relation_recall_det (default: the LRE folder: "
+        "RELSPEC_LRE_DIR or the download cache)",
+    )
+    p.add_argument("--out", required=True, help="output folder, e.g. neuron_sets/<model>/")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help=f"neurons per set (default {DEFAULT_K})")
+    p.add_argument("--select", choices=["top", "both"], default="top", help="top k, or top k/2 + bottom k/2")
+    p.add_argument("--cap", type=int, default=DEFAULT_CAP, help=f"at most this many positives (default {DEFAULT_CAP})")
+    p.add_argument("--negative-ratio", type=int, default=DEFAULT_NEGATIVE_RATIO, help="negatives per positive (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the positive subsample and the negatives (default 0)")
+    p.add_argument("--batch-size", type=batch_size, default=32, help="prompts per batch, or 'auto' (default 32)")
+    p.add_argument("--max-batch-size", type=int, default=64, help="where --batch-size auto starts (default 64)")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16, float64")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda if available)")
+    p.add_argument("--device-map", default=None, help="e.g. auto: shard a big model over the visible GPUs")
+    p.add_argument("--revision", default=None, help="model revision on the hub")
+    p.add_argument(
+        "--no-filter",
+        action="store_true",
+        help="keep every P^det prompt as a positive (no correctness filter); recorded as filter=none",
+    )
+    p.add_argument("--template-set", default="main", help="with a data folder: main or t2 (default main)")
+    p.add_argument("--language", default="en", help="with a data folder: prompt language (default en)")
+    p.add_argument("--lre-dir", default=None, help="where the LRE files are, for task groups")
+    p.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="device memory for the activation matrix and AP (default: half the free GPU memory, 4 on CPU); "
+        "a larger matrix stays in host memory and AP runs over neuron chunks",
+    )
+    p.add_argument("--force", action="store_true", help="write into a folder holding sets of another model")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_identify)

@@ -1,0 +1,106 @@
+"""``relspec info | export | random | select``: commands on neuron-set files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from relspec_lmeval.cli.common import command_line
+from relspec_lmeval.identify.controls import random_sets, select_sets
+from relspec_lmeval.modelio.dtype import DTYPES
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.resolve import resolve_set_path
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    for name in args.files:
+        summary = NeuronSet.load(resolve_set_path(name)).summary()
+        if args.json:
+            print(json.dumps(summary, indent=2, sort_keys=True))
+            continue
+        meta = summary["metadata"]
+        model = meta.get("model") or {}
+        print(f"{summary['path']}")
+        print(f"  sha256     {summary['sha256']}")
+        print(f"  neurons    {summary['count']}  ({', '.join(f'{k} {v}' for k, v in summary['count_per_site'].items())})")
+        print(f"  relation   {meta.get('relation', '-')}   method {meta.get('method', '-')}   k {meta.get('k', '-')}")
+        print(
+            f"  model      {model.get('name', '-')} ({model.get('model_type', '?')}, {model.get('num_layers', '?')} layers, "
+            f"hidden {model.get('hidden_size', '?')}, ffn {model.get('intermediate_size', '?')}, config {model.get('config_hash', '?')})"
+        )
+        print(f"  made by    relspec-lmeval {meta.get('package_version', '?')}: {meta.get('command', '-')}")
+        print(f"  means      {'yes' if summary['has_means'] else 'no'}   scores {'yes' if summary['has_scores'] else 'no'}")
+        print("  per layer  " + "  ".join(f"L{layer}:{sum(c.values())}" for layer, c in summary["count_per_layer"].items()))
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from relspec_lmeval.lm.export import ExportConfig, export_checkpoint  # loads transformers
+
+    cfg = ExportConfig(
+        model=args.model, neuron_set=args.neuron_set, out=args.out, mode=args.mode, factor=args.factor,
+        revision=args.revision, dtype=args.dtype, force=args.force, allow_empty=args.allow_empty,
+        command=command_line(args),
+    )
+    folder, count = export_checkpoint(cfg)
+    print(f"wrote ablated checkpoint to {folder} ({count} neurons, mode={cfg.mode})")
+
+
+def _cmd_random(args: argparse.Namespace) -> None:
+    paths = random_sets(
+        args.like, args.seeds, layer_matched=args.layer_matched, out=args.out, model=args.model, command=command_line(args)
+    )
+    print(f"wrote {len(paths)} random control set(s) to {paths[0].parent}{_why_here(args.out, paths[0])}")
+
+
+def _cmd_select(args: argparse.Namespace) -> None:
+    paths = select_sets(args.scores, args.k, select=args.select, skip=args.skip, out=args.out, command=command_line(args))
+    for path in paths:
+        print(f"wrote {path}{_why_here(args.out, path)}")
+
+
+def _why_here(out: str | None, path: Any) -> str:
+    """Say so when a default output went to the working directory (the input was a shipped file)."""
+    from pathlib import Path
+
+    if out is None and Path(path).resolve().is_relative_to(Path.cwd().resolve()):
+        return " (the working directory: shipped files are read-only; use --out to choose)"
+    return ""
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``info``, ``export``, ``random`` and ``select`` to the ``relspec`` command."""
+    info = sub.add_parser("info", help="print a neuron-set file's summary")
+    info.add_argument("files", nargs="+", metavar="FILE", help="neuron-set file or shipped set name")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(func=_cmd_info)
+
+    export = sub.add_parser("export", help="write an ablated checkpoint (for --model hf or vllm)")
+    export.add_argument("--model", required=True, help="hub id, local folder or shipped model name")
+    export.add_argument("--neuron-set", required=True, help="file(s) or shipped name(s), joined with +")
+    export.add_argument("--out", required=True, help="output folder (a new one, or one an earlier export wrote)")
+    export.add_argument("--mode", default="zero", choices=["zero", "scale"])
+    export.add_argument("--factor", type=float, default=None, help="with --mode scale")
+    export.add_argument("--revision", default=None)
+    export.add_argument("--dtype", default="auto", help=f"{', '.join(DTYPES)} (or bf16, fp16, fp32)")
+    export.add_argument("--force", action="store_true", help="replace a folder an earlier relspec export wrote")
+    export.add_argument("--allow-empty", action="store_true", help="accept a set with no neurons")
+    export.set_defaults(func=_cmd_export)
+
+    r = sub.add_parser("random", help="write random control sets like a given set")
+    r.add_argument("--like", required=True, nargs="+", metavar="SET", help="neuron-set file(s) or shipped name(s)")
+    r.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..N-1 (default 10)")
+    r.add_argument("--layer-matched", action="store_true", help="same count per layer and site as the set")
+    r.add_argument("--out", default=None, help="folder (files go to <out>/random/; default: the set's folder, or the working directory for a shipped set)")
+    r.add_argument("--model", default=None, help="model, when the set records no shape (also checks the shape)")
+    r.set_defaults(func=_cmd_random)
+
+    s = sub.add_parser("select", help="re-cut k neurons from stored scores (no model run)")
+    s.add_argument("scores", nargs="+", metavar="SCORES", help="<out>/scores/<relation>.safetensors file(s)")
+    s.add_argument("--k", type=int, required=True, help="neurons per set")
+    s.add_argument("--select", choices=["top", "both"], default="top")
+    s.add_argument("--skip", type=int, default=0, help="skip the first N ranks (ranks N+1..N+k; top only)")
+    s.add_argument("--out", default=None, help="output folder (default: k<N> beside the scores folder, or in the working directory for shipped scores)")
+    s.set_defaults(func=_cmd_select)

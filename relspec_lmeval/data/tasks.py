@@ -1,0 +1,102 @@
+"""The one table of task groups and task names; everything else reads it.
+
+``scripts/make_tasks.py`` writes the lm-eval YAMLs under ``tasks/`` from ``GROUPS``
+(a test checks they match); identification (``--data relation_recall_det``) and
+``relspec reproduce`` (``SUITES``) look groups and tasks up here instead of parsing YAML.
+A task is ``<group>_<relation>``; its ``dataset_kwargs`` are ``GroupSpec.dataset_kwargs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from relspec_lmeval.data.templates import PAPER_RELATIONS
+from relspec_lmeval.errors import UsageError
+from relspec_lmeval.util.suggest import did_you_mean
+
+__all__ = ["GROUPS", "SUITES", "SYNTHETIC_DATA", "GroupSpec", "Suite", "find_group", "task_name"]
+
+RELATIONS: tuple[str, ...] = tuple(PAPER_RELATIONS)
+SYNTHETIC_DATA = "models/relspec-tiny/world"  # relspec-tiny's world, relative to the package resources
+LANGUAGES = ("de", "es", "fr", "zh", "ja")
+
+
+def task_name(group: str, relation: str) -> str:
+    return f"{group}_{relation}"
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One lm-eval group: a task per relation, all with the same docs settings."""
+
+    name: str
+    kind: str = "recall"  # "recall" (generate_until, acc) or "ppl" (loglikelihood_rolling)
+    split: str = "eva"
+    template_set: str = "main"
+    language: str = "en"
+    data_dir: str | None = None  # relative paths start at a package resource folder
+    relations: tuple[str, ...] = RELATIONS
+
+    def tasks(self) -> list[str]:
+        return [task_name(self.name, r) for r in self.relations]
+
+    def dataset_kwargs(self, relation: str) -> dict[str, Any]:
+        """What the task YAML passes to ``relations.custom_dataset`` / ``custom_ppl_dataset``."""
+        kwargs: dict[str, Any] = {"relation": relation}
+        if self.kind == "recall":
+            kwargs |= {"split": self.split, "template_set": self.template_set, "language": self.language}
+        if self.data_dir:
+            kwargs["data_dir"] = self.data_dir
+        return kwargs
+
+
+GROUPS: tuple[GroupSpec, ...] = (
+    GroupSpec("relation_recall"),
+    GroupSpec("relation_recall_det", split="det"),
+    GroupSpec("relation_recall_t2", template_set="t2"),
+    GroupSpec("relation_ppl", kind="ppl"),
+    *(GroupSpec(f"relation_recall_{lang}", language=lang) for lang in LANGUAGES),
+    # relspec-tiny's synthetic world (scripts/make_world.py), shipped with the model
+    GroupSpec("relation_recall_synthetic", data_dir=SYNTHETIC_DATA),
+    GroupSpec("relation_recall_synthetic_det", split="det", data_dir=SYNTHETIC_DATA),
+    GroupSpec("relation_recall_synthetic_t2", template_set="t2", data_dir=SYNTHETIC_DATA),
+    GroupSpec("relation_ppl_synthetic", kind="ppl", data_dir=SYNTHETIC_DATA),
+)
+_BY_NAME = {g.name: g for g in GROUPS}
+
+
+def find_group(name: str, what: str = "task group") -> GroupSpec:
+    """The group called ``name``; ``UsageError`` listing the groups otherwise (a task name says so)."""
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if any(name in g.tasks() for g in GROUPS):
+        raise UsageError(f"{name!r} is a single task; give a task group (e.g. relation_recall_det) or a folder")
+    raise UsageError(f"unknown {what} {name!r}.{did_you_mean(name, _BY_NAME)} Groups: {', '.join(_BY_NAME)}")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The groups of one ``relspec reproduce`` suite (P^eva, P^det, P^eva-2, perplexity, languages)."""
+
+    name: str
+    eva: str
+    det: str
+    t2: str
+    ppl: str
+    languages: tuple[str, ...] = ()  # groups ``<eva>_<language>``
+
+    def language_group(self, language: str) -> str:
+        return self.eva if language == "en" else f"{self.eva}_{language}"
+
+    def groups(self) -> list[str]:
+        return [self.eva, self.det, self.t2, self.ppl, *(self.language_group(lang) for lang in self.languages)]
+
+
+SUITES = {
+    "lre": Suite("lre", "relation_recall", "relation_recall_det", "relation_recall_t2", "relation_ppl", LANGUAGES),
+    "synthetic": Suite(
+        "synthetic", "relation_recall_synthetic", "relation_recall_synthetic_det", "relation_recall_synthetic_t2",
+        "relation_ppl_synthetic",
+    ),
+}

@@ -1,0 +1,331 @@
+"""The plan of ``relspec reproduce``: check the request, derive the missing sets, list the runs.
+
+    relspec reproduce --model M --neuron-sets DIR --suite lre|synthetic --out OUT [--quick]
+
+1. Check everything (suite, relations, sets and their shapes, the data) before anything is
+   written: a failure is one ``relspec: error:`` line and an untouched ``OUT``.
+2. Make the sets ``DIR`` lacks from what it has: random controls like each relation's set
+   (``identify.controls.random_sets``), top-k and rank-range cuts from ``DIR/scores/``
+   (``identify.controls.select_sets``). They go to ``OUT/sets/``; ``DIR`` is never written.
+3. The plan: lm-eval runs, each (neuron sets or none, tasks, limit), each stored as
+   ``OUT/runs/<run-id>.json``; a run whose file exists is skipped, so a rerun resumes. One
+   ``relspec-hf`` model is loaded once and its ablation swapped between runs.
+   (``experiments.runner``)
+4. ``experiments.report.write_report``: ``OUT/tables``, ``OUT/figures``, ``OUT/report.md``.
+
+See docs/reproduce.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relspec_lmeval import __version__
+from relspec_lmeval.data import relations as rel
+from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
+from relspec_lmeval.errors import NeuronSetError, UsageError
+from relspec_lmeval.experiments.study import Condition
+from relspec_lmeval.identify.controls import random_sets, select_sets
+from relspec_lmeval.identify.pool import parse_relations
+from relspec_lmeval.modelio.load import load_config
+from relspec_lmeval.sets.folder import SetsFolder
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.scores import load_scores
+from relspec_lmeval.sets.shape import ModelShape, config_fingerprint
+from relspec_lmeval.util.hashing import file_sha256
+from relspec_lmeval.util.resources import refuse_shipped, resource_dir
+
+__all__ = ["KS", "QUICK", "SEEDS", "Inputs", "ReproduceConfig", "Run", "build_plan", "make_sets", "prepare"]
+
+KS = (10, 50, 200, 500, 1000, 3000, 10000, 20000, 50000)  # the paper's k sweep
+SEEDS = 10  # random controls per relation, as in the paper
+QUICK = {"seeds": 3, "ks": (50, 500, 3000), "limit": 20, "det_limit": 100}
+
+@dataclass
+class ReproduceConfig:
+    model: str
+    neuron_sets: str
+    suite: str
+    out: str
+    relations: str | Sequence[str] | None = "all"
+    seeds: int | None = None  # None: SEEDS (quick: 3)
+    ks: Sequence[int] | None = None  # None: KS (quick: 50, 500, 3000); capped by the model's neuron count
+    limit: int | None = None  # docs per task (None: all; quick: 20)
+    det_limit: int | None = None  # docs per P^det task (None: all; quick: 100)
+    quick: bool = False
+    batch_size: int | str = 16
+    device: str | None = None
+    dtype: str = "auto"
+    lre_dir: str | None = None
+    command: str | None = None
+    progress: bool = True
+    verbose: bool = False  # let lm-eval's own logs and progress bars through
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``simple_evaluate`` call: the union of ``sets`` off (none: the original model)."""
+
+    id: str
+    sets: tuple[str, ...]
+    tasks: tuple[str, ...]
+    limit: int | None
+    docs: int
+    conditions: tuple[Condition, ...]  # what its numbers measure
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "sets": list(self.sets), "tasks": list(self.tasks), "limit": self.limit, "docs": self.docs,
+                "conditions": [c.label() for c in self.conditions]}
+
+
+@dataclass
+class Inputs:
+    """Everything ``prepare`` checked; nothing is written yet."""
+
+    cfg: ReproduceConfig
+    suite: Suite
+    relations: list[str]
+    seeds: list[int]
+    ks: list[int]
+    limit: int | None
+    det_limit: int | None
+    shape: ModelShape
+    config_hash: str
+    sets_dir: Path
+    out: Path
+    main: dict[str, Path]
+    derived: dict[Condition, Path]  # random controls and top-k / rank-range cuts
+    to_make: list[Condition]  # the derived sets that do not exist yet
+    docs: dict[str, int]  # task → its number of documents
+
+
+# ============================================================================ checks
+
+
+def _settings(cfg: ReproduceConfig) -> tuple[int, list[int], int | None, int | None]:
+    def pick(value: Any, key: str, full: Any) -> Any:
+        return value if value is not None else QUICK[key] if cfg.quick else full
+
+    seeds, ks = pick(cfg.seeds, "seeds", SEEDS), pick(cfg.ks, "ks", KS)
+    limit, det_limit = pick(cfg.limit, "limit", None), pick(cfg.det_limit, "det_limit", None)
+    if seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    if not ks or any(int(k) < 1 for k in ks):
+        raise UsageError(f"--ks must be positive integers, got {list(ks)}")
+    for name, v in (("--limit", limit), ("--det-limit", det_limit)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be at least 1, got {v}")
+    return seeds, sorted({int(k) for k in ks}), limit, det_limit
+
+
+def _sets_dir(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    try:  # a shipped folder: --neuron-sets relspec-tiny
+        shipped = resource_dir("neuron_sets") / name
+    except FileNotFoundError:
+        shipped = None
+    if shipped is not None and shipped.is_dir():
+        return shipped
+    raise UsageError(f"neuron-set folder not found: {name} (the --out folder of relspec identify)")
+
+
+def _suite_relations(suite: Suite, cfg: ReproduceConfig) -> list[str]:
+    known = list(find_group(suite.eva).relations)
+    requested = parse_relations(cfg.relations) or known
+    unknown = [r for r in requested if r not in known]
+    if unknown:
+        raise UsageError(f"unknown relation(s) for suite {suite.name!r}: {', '.join(unknown)}. Known: {', '.join(known)}")
+    for group in suite.groups():
+        missing = [r for r in requested if r not in find_group(group).relations]
+        if missing:
+            raise UsageError(f"task group {group!r} has no task for {', '.join(missing)}")
+    return requested
+
+
+def _count_docs(suite: Suite, relations: list[str], lre_dir: str | None) -> dict[str, int]:
+    """Documents per task, built exactly as lm-eval builds them (also: the data is there and reads)."""
+    counts = {}
+    for name in suite.groups():
+        group = find_group(name)
+        build = rel.custom_ppl_dataset if group.kind == "ppl" else rel.custom_dataset
+        for r in relations:
+            counts[task_name(name, r)] = len(build(**group.dataset_kwargs(r), lre_dir=lre_dir)["test"])
+    return counts
+
+
+def _is_topk(s: NeuronSet) -> bool:
+    """True when the set is exactly the top len(s) of its scores file (what ``select_sets`` would cut)."""
+    meta = s.metadata
+    return meta.get("method") == "ap" and meta.get("select", "top") == "top" and not meta.get("skip") and meta.get("k") == len(s)
+
+
+def _load_checked(path: Path, shape: ModelShape) -> NeuronSet:
+    s = NeuronSet.load(path)
+    s.validate(shape)
+    return s
+
+
+def _derived_sets(
+    relations: list[str], seeds: list[int], ks: list[int], main: dict[str, Path], loaded: dict[str, NeuronSet],
+    sets_dir: Path, made: Path, shape: ModelShape,
+) -> tuple[dict[Condition, Path], list[Condition]]:
+    """Where each random control, top-k and rank-range set is: in the input folder (checked),
+    else under ``made`` (``OUT/sets``); the second list names those still to make."""
+    derived: dict[Condition, Path] = {}
+    to_make: list[Condition] = []
+    sources: dict[Path, str | None] = {}
+
+    def source_sha(path: Path) -> str | None:
+        if path not in sources:
+            sources[path] = file_sha256(path) if path.is_file() else None
+        return sources[path]
+
+    def made_from_inputs(path: Path, cond: Condition) -> bool:
+        """A set an earlier run made from the same set or scores file (else it is made again)."""
+        if not path.is_file():
+            return False
+        meta = NeuronSet.load(path).metadata
+        if cond.kind == "random":
+            return (meta.get("like") or {}).get("sha256") == source_sha(main[cond.relation])
+        scores = source_sha(SetsFolder(sets_dir).scores_path(cond.relation))
+        return scores is None or (meta.get("scores_file") or {}).get("sha256") == scores
+
+    def locate(cond: Condition, given: Path, ours: Path, like: NeuronSet | None = None) -> None:
+        if given.is_file():
+            s = _load_checked(given, shape)
+            if like is not None and len(s) != len(like):
+                raise NeuronSetError(f"random control {given} has {len(s)} neurons, its relation's set {len(like)}")
+            derived[cond] = given
+        else:
+            derived[cond] = ours
+            if not made_from_inputs(ours, cond):
+                to_make.append(cond)
+
+    given, ours = SetsFolder(sets_dir), SetsFolder(made)
+    for r in relations:
+        for s in seeds:
+            locate(Condition("random", r, seed=s), given.random_path(r, s), ours.random_path(r, s), like=loaded[r])
+        for k in ks:
+            cond = Condition("topk", r, k=k)
+            if _is_topk(loaded[r]) and len(loaded[r]) == k:
+                derived[cond] = main[r]  # the same neurons: one run serves both
+            else:
+                locate(cond, given.cut(k).set_path(r), ours.cut(k).set_path(r))
+        for a, b in zip(ks, ks[1:]):
+            locate(Condition("ranks", r, k=b - a, skip=a), given.cut(b - a, skip=a).set_path(r), ours.cut(b - a, skip=a).set_path(r))
+    return derived, to_make
+
+
+def _check_scores(relations: list[str], sets_dir: Path, shape: ModelShape, model: str) -> None:
+    """The scores files that sets must be cut from exist and fit the model."""
+    paths = [SetsFolder(sets_dir).scores_path(r) for r in relations]
+    absent = [str(p) for p in paths if not p.is_file()]
+    if absent:
+        raise NeuronSetError(f"the k sweep needs scores files to cut sets from, and these are missing: {', '.join(absent)}")
+    for path in paths:
+        if load_scores(path).layout != shape:
+            raise NeuronSetError(f"{path} was made for another model shape than {model!r}")
+
+
+def prepare(cfg: ReproduceConfig) -> Inputs:
+    """Check the whole request before anything is written or loaded.
+
+    Raises ``UsageError`` (flags, suite, relations), ``NeuronSetError`` (sets or scores
+    missing or not fitting the model), ``DataError`` (task data), ``ModelError`` (the
+    model's config) or ``OutputError`` (an ``--out`` among the shipped files).
+    """
+    if cfg.suite not in SUITES:
+        raise UsageError(f"unknown suite {cfg.suite!r}; choose one of {', '.join(SUITES)}")
+    suite = SUITES[cfg.suite]
+    seed_count, ks, limit, det_limit = _settings(cfg)
+    sets_dir = _sets_dir(cfg.neuron_sets)
+    out = Path(cfg.out).expanduser()
+    refuse_shipped(out, "--out")
+    relations = _suite_relations(suite, cfg)
+    folder = SetsFolder(sets_dir)
+    missing = [r for r in relations if not folder.set_path(r).is_file()]
+    if missing:
+        raise NeuronSetError(
+            f"{sets_dir} has no neuron set for {', '.join(missing)} (expected <relation>.safetensors from relspec identify; "
+            "or pass --relations)"
+        )
+    config = load_config(cfg.model)
+    shape = ModelShape.from_config(config)
+    main = {r: folder.set_path(r) for r in relations}
+    loaded = {r: _load_checked(p, shape) for r, p in main.items()}
+    ks = [k for k in ks if k < shape.total]  # the sweep is capped by the model's size
+    derived, to_make = _derived_sets(relations, list(range(seed_count)), ks, main, loaded, sets_dir, out / "sets", shape)
+    _check_scores(sorted({c.relation for c in to_make if c.kind != "random"}), sets_dir, shape, cfg.model)
+
+    docs = _count_docs(suite, relations, cfg.lre_dir)
+    return Inputs(cfg, suite, relations, list(range(seed_count)), ks, limit, det_limit, shape, config_fingerprint(config), sets_dir, out,
+                  main, derived, to_make, docs)
+
+
+# ============================================================================ sets and plan
+
+
+def make_sets(inp: Inputs) -> None:
+    """Write the derived sets that are missing, under ``OUT/sets``, from the input folder's sets and scores."""
+    command = "relspec reproduce"
+    made = SetsFolder(inp.out / "sets")
+    for r in inp.relations:
+        seeds = [c.seed for c in inp.to_make if c.kind == "random" and c.relation == r]
+        if seeds:
+            random_sets([str(inp.main[r])], seeds, out=made.root, command=command)
+    for c in inp.to_make:
+        scores = [SetsFolder(inp.sets_dir).scores_path(c.relation)]
+        if c.kind == "topk":
+            select_sets(scores, c.k, out=made.cut(c.k).root, command=command)
+        elif c.kind == "ranks":
+            select_sets(scores, c.k, skip=c.skip, out=made.cut(c.k, skip=c.skip).root, command=command)
+
+
+def _tasks(inp: Inputs) -> list[tuple[Condition, tuple[str, ...], list[tuple[int | None, list[str]]]]]:
+    """Each condition with its sets and its (limit, tasks) parts: P^det has its own limit."""
+    s, relations = inp.suite, inp.relations
+    langs = [s.language_group(lang) for lang in s.languages]
+
+    def parts(evaluated: Sequence[str], own: Sequence[str], extra: bool) -> list[tuple[int | None, list[str]]]:
+        """P^eva of ``evaluated``; with ``extra`` also P^eva-2 of ``evaluated``, perplexity and languages of ``own``; P^det of ``own``."""
+        groups = [(s.eva, evaluated)] + ([(s.t2, evaluated), (s.ppl, own), *((g, own) for g in langs)] if extra else [])
+        return [(inp.limit, [task_name(g, r) for g, rs in groups for r in rs]), (inp.det_limit, [task_name(s.det, r) for r in own])]
+
+    out = [(Condition("baseline"), (), parts(relations, relations, extra=True))]
+    out += [(Condition("own", r), (str(inp.main[r]),), parts(relations, [r], extra=True)) for r in relations]
+    for cond, path in inp.derived.items():
+        r = [cond.relation]
+        if cond.kind == "random":
+            out.append((cond, (str(path),), parts(r, r, extra=False)))
+        else:  # top-k: own and other relations (Fig. 5); rank ranges: own relation only (Table 3)
+            out.append((cond, (str(path),), [(inp.limit, [task_name(s.eva, x) for x in (relations if cond.kind == "topk" else r)])]))
+    return out
+
+
+def build_plan(inp: Inputs) -> list[Run]:
+    """Conditions with the same sets share runs; one run per (sets, limit)."""
+    merged: dict[tuple[str, ...], tuple[list[Condition], dict[int | None, dict[str, None]]]] = {}
+    for cond, sets, parts in _tasks(inp):
+        conds, tasks = merged.setdefault(sets, ([], {}))
+        conds.append(cond)
+        for limit, names in parts:
+            tasks.setdefault(limit, {}).update(dict.fromkeys(names))
+
+    shas: dict[str, str] = {}
+    plan = []
+    for sets, (conds, tasks) in merged.items():
+        digests = [shas.setdefault(p, file_sha256(p)) for p in sets]
+        for limit, names in tasks.items():
+            key = {"model": inp.cfg.model, "config": inp.config_hash, "dtype": inp.cfg.dtype, "mode": "zero", "sets": digests,
+                   "tasks": sorted(names), "limit": limit, "package_version": __version__}
+            digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+            docs = sum(min(inp.docs[t], limit) if limit else inp.docs[t] for t in names)
+            plan.append(Run(f"{conds[0].label()}-{digest}", sets, tuple(names), limit, docs, tuple(conds)))
+    return plan

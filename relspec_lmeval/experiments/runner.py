@@ -1,0 +1,169 @@
+"""Running the plan of ``relspec reproduce`` through lm-eval, and collecting what it measured.
+
+One ``relspec-hf`` model is loaded once; ``set_neuron_sets`` swaps the ablation between
+runs. Each run's lm-eval results (with per-document 0/1 samples of the recall tasks and the
+equivalent ``lm_eval`` command) go to ``OUT/runs/<run-id>.json``, written atomically, so a
+rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from relspec_lmeval.experiments.plan import Inputs, ReproduceConfig, Run, build_plan, make_sets, prepare
+from relspec_lmeval.experiments.report import write_report
+from relspec_lmeval.experiments.study import Condition, Measurement, SetStats, Study
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.util.files import atomic_write_text
+from relspec_lmeval.util.hashing import file_sha256
+
+__all__ = ["collect", "evaluate_run", "lm_eval_command", "load_lm", "reproduce", "run_plan"]
+
+
+@contextlib.contextmanager
+def _lm_eval_session() -> Iterator[None]:
+    """lm-eval adds ``torch.utils.collect_env`` output to every result, which runs ``pip list``
+    (~2 s a call); the environment is the same for every run of a plan, so collect it once."""
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.add_env_info
+    env: dict[str, Any] = {}
+
+    def add_env_info(storage: dict[str, Any]) -> None:
+        if not env:
+            original(env)
+        storage.update(env)
+
+    evaluator.add_env_info = add_env_info
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = original
+
+
+def load_lm(cfg: ReproduceConfig):
+    from relspec_lmeval.lm.hflm import RelspecHFLM  # imports lm-eval: only when runs are due
+
+    kwargs: dict[str, Any] = {"dtype": cfg.dtype, "batch_size": cfg.batch_size}
+    if cfg.device:
+        kwargs["device"] = cfg.device
+    return RelspecHFLM(pretrained=cfg.model, **kwargs)
+
+
+def lm_eval_command(cfg: ReproduceConfig, run: Run) -> str:
+    """The ``lm_eval`` command line that gives the same numbers."""
+    model_args = f"pretrained={cfg.model}" + (f",neuron_set={'+'.join(run.sets)}" if run.sets else "") + f",dtype={cfg.dtype}"
+    argv = ["lm_eval", "--model", "relspec-hf", "--model_args", model_args, "--tasks", ",".join(run.tasks),
+            "--batch_size", str(cfg.batch_size)]
+    argv += ["--limit", str(run.limit)] if run.limit else []
+    argv += ["--device", cfg.device] if cfg.device else []
+    return shlex.join(argv)
+
+
+def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig) -> dict[str, Any]:
+    """lm-eval's results for one run (per-document samples reduced to 0/1 lists), with our block."""
+    from lm_eval import simple_evaluate
+
+    lm.set_neuron_sets([NeuronSet.load(p) for p in run.sets])
+    start = time.perf_counter()
+    results = simple_evaluate(model=lm, tasks=list(run.tasks), task_manager=task_manager, limit=run.limit, log_samples=True)
+    seconds = time.perf_counter() - start
+    applied = [s["sha256"] for s in results["config"]["relspec"]["sets"]]
+    if applied != [file_sha256(p) for p in run.sets]:  # the record must name what was switched off
+        raise RuntimeError(f"run {run.id}: the results record sets {applied}, not the run's {list(run.sets)}")
+    samples = results.pop("samples")
+    per_sample = {task: [int(s["acc"]) for s in sorted(rows, key=lambda s: s["doc_id"])]
+                  for task, rows in samples.items() if rows and "acc" in rows[0]}
+    results["relspec_reproduce"] = {
+        "run_id": run.id, "conditions": [c.label() for c in run.conditions], "model": cfg.model, "dtype": cfg.dtype,
+        "sets": [{"path": p, "sha256": d} for p, d in zip(run.sets, applied)], "tasks": list(run.tasks), "limit": run.limit,
+        "docs": run.docs, "seconds": seconds, "device": str(lm.device), "lm_eval_command": lm_eval_command(cfg, run),
+        "per_sample": per_sample,
+    }
+    return results
+
+
+def run_plan(plan: list[Run], inp: Inputs) -> int:
+    """Run every run without a stored result; returns how many ran."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+    from tqdm import tqdm
+
+    runs_dir = inp.out / "runs"
+    todo = [run for run in plan if not (runs_dir / f"{run.id}.json").is_file()]
+    if not todo:
+        return 0
+    cfg = inp.cfg
+    lm = load_lm(cfg)
+    task_manager = TaskManager(include_defaults=False, metadata={"lre_dir": cfg.lre_dir} if cfg.lre_dir else None)
+    done = sum(run.docs for run in plan) - sum(run.docs for run in todo)
+    bar = tqdm(total=sum(run.docs for run in plan), initial=done, unit="doc", desc="relspec reproduce", disable=not cfg.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    with bar, _lm_eval_session():
+        for run in todo:
+            bar.set_postfix_str(f"{run.conditions[0].label()} ({len(run.tasks)} tasks)")
+            captured = io.StringIO()
+            try:
+                # lm-eval prints a bar per task and request type; keep the one plan bar readable
+                with contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(captured):
+                    record = evaluate_run(lm, task_manager, run, cfg)
+            except BaseException:
+                sys.stderr.write(captured.getvalue())
+                raise
+            atomic_write_text(runs_dir / f"{run.id}.json", json.dumps(record, indent=1, default=handle_non_serializable) + "\n")
+            bar.update(run.docs)
+    return len(todo)
+
+
+
+
+def collect(plan: list[Run], inp: Inputs, settings: dict[str, Any]) -> Study:
+    """The stored results as analysis sees them: each condition's metrics, merged over its runs."""
+    results: dict[Condition, Measurement] = {}
+    seconds = 0.0
+    devices: set[str] = set()
+    for run in plan:
+        record = json.loads((inp.out / "runs" / f"{run.id}.json").read_text(encoding="utf-8"))
+        ours = record["relspec_reproduce"]
+        seconds += ours["seconds"]
+        devices.add(ours["device"])
+        metrics = {
+            task: {key.split(",")[0]: float(v) for key, v in entry.items()
+                   if key.endswith(",none") and "_stderr" not in key and isinstance(v, (int, float))}
+            for task, entry in record["results"].items()
+        }
+        for cond in run.conditions:
+            m = results.setdefault(cond, Measurement({}, {}))
+            m.metrics.update(metrics)
+            m.per_sample.update(ours["per_sample"])
+    sets = {r: NeuronSet.load(p) for r, p in inp.main.items()}
+    rel = inp.relations
+    return Study(
+        model=inp.cfg.model, suite=inp.suite, relations=rel, seeds=inp.seeds, ks=inp.ks, num_layers=inp.shape.num_layers,
+        sets={r: SetStats(len(s), s.count_per_layer()) for r, s in sets.items()},
+        overlaps={a: {b: sets[a].overlap(sets[b]) for b in rel} for a in rel},
+        jaccard={a: {b: sets[a].jaccard(sets[b]) for b in rel} for a in rel},
+        results=results,
+        settings={**settings, "runs": len(plan), "docs": sum(r.docs for r in plan), "run_seconds": seconds, "device": ", ".join(sorted(devices))},
+    )
+
+
+def reproduce(cfg: ReproduceConfig) -> Path:
+    """The whole command; returns the path of report.md."""
+    start = time.perf_counter()
+    inp = prepare(cfg)
+    make_sets(inp)
+    plan = build_plan(inp)
+    atomic_write_text(inp.out / "plan.json", json.dumps([r.to_json() for r in plan], indent=1) + "\n")
+    new = run_plan(plan, inp)
+    settings = {"neuron_sets": str(inp.sets_dir), "limit": inp.limit, "det_limit": inp.det_limit, "quick": cfg.quick,
+                "command": cfg.command, "new_runs": new, "elapsed": time.perf_counter() - start}
+    return write_report(collect(plan, inp, settings), inp.out)

@@ -1,0 +1,89 @@
+"""What ``relspec reproduce`` measured, as the report sees it: conditions, measurements, the study.
+
+Pure data and arithmetic (no model code). Drops are relative, (original − ablated) /
+original; where the original accuracy is 0 there is no drop (``None`` here, ``n/a`` in
+files and figures), never a division by zero.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from relspec_lmeval.data.tasks import Suite, task_name
+
+__all__ = ["BASELINE", "NA", "Condition", "Measurement", "Row", "SetStats", "Study", "mean_present", "relative_drop", "value"]
+
+NA = "n/a"
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What was switched off: nothing (``baseline``), a relation's set (``own``), a random
+    control (``random``, ``seed``), its top-k by score (``topk``) or ranks skip+1..skip+k (``ranks``)."""
+
+    kind: str
+    relation: str | None = None
+    seed: int | None = None
+    k: int | None = None
+    skip: int | None = None
+
+    def label(self) -> str:
+        parts = [self.kind, self.relation, *(f"{n}{v}" for n, v in (("seed", self.seed), ("k", self.k), ("skip", self.skip)) if v is not None)]
+        return "-".join(p for p in parts if p)
+
+
+@dataclass
+class Measurement:
+    """A condition's lm-eval numbers: task → metric → value, and 0/1 per document for recall tasks."""
+
+    metrics: dict[str, dict[str, float]]
+    per_sample: dict[str, list[int]]
+
+
+@dataclass(frozen=True)
+class SetStats:
+    count: int
+    per_layer: dict[int, dict[str, int]]  # layer → site → neurons
+
+
+@dataclass
+class Study:
+    model: str
+    suite: Suite
+    relations: list[str]
+    seeds: list[int]
+    ks: list[int]
+    num_layers: int
+    sets: dict[str, SetStats]
+    overlaps: dict[str, dict[str, int]]
+    jaccard: dict[str, dict[str, float]]
+    results: dict[Condition, Measurement]
+    settings: dict[str, Any]  # what report.md states about the plan (limits, folders, command, timings)
+
+
+BASELINE = Condition("baseline")
+
+
+# ---------------------------------------------------------------------------- numbers
+
+
+def relative_drop(original: float | None, ablated: float | None) -> float | None:
+    if original is None or ablated is None or original == 0:
+        return None
+    return (original - ablated) / original
+
+
+def value(study: Study, cond: Condition, group: str, relation: str, metric: str = "acc") -> float | None:
+    measured = study.results.get(cond)
+    return None if measured is None else measured.metrics.get(task_name(group, relation), {}).get(metric)
+
+
+def mean_present(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+

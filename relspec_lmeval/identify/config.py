@@ -1,0 +1,96 @@
+"""``IdentifyConfig`` (the flags of ``relspec identify``), its checks, and the batch size."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from relspec_lmeval.errors import UsageError
+from relspec_lmeval.sets.scores import SELECT_MODES
+
+__all__ = ["DEFAULT_CAP", "DEFAULT_K", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
+
+DEFAULT_K = 3000
+DEFAULT_CAP = 500
+DEFAULT_NEGATIVE_RATIO = 4
+MAX_NEW_TOKENS = 2
+
+
+@dataclass
+class IdentifyConfig:
+    """Everything ``relspec identify`` takes; the fields mirror its flags (docs/identification.md)."""
+
+    model: str
+    out: str
+    relations: str | Sequence[str] | None = "all"
+    data: str | None = None
+    k: int = DEFAULT_K
+    select: str = "top"
+    cap: int = DEFAULT_CAP
+    negative_ratio: int = DEFAULT_NEGATIVE_RATIO
+    seed: int = 0
+    batch_size: int | str = 32
+    max_batch_size: int = 64
+    dtype: str = "auto"
+    device: str | None = None
+    device_map: str | None = None
+    revision: str | None = None
+    filter: bool = True
+    template_set: str = "main"
+    language: str = "en"
+    lre_dir: str | None = None
+    memory_budget_gb: float | None = None
+    force: bool = False
+    command: str | None = None
+    progress: bool = True
+    print_table: bool = True
+
+    def check(self) -> None:
+        """``UsageError`` for a flag value that cannot work (checked before anything is loaded)."""
+        if self.k < 1:
+            raise UsageError(f"--k must be at least 1, got {self.k}")
+        if self.select not in SELECT_MODES:
+            raise UsageError(f"--select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}")
+        if self.cap < 1:
+            raise UsageError(f"--cap must be at least 1, got {self.cap}")
+        if self.negative_ratio < 1:
+            raise UsageError(f"--negative-ratio must be at least 1, got {self.negative_ratio}")
+        if self.batch_size != "auto" and (not str(self.batch_size).isdigit() or int(self.batch_size) < 1):
+            raise UsageError(f"--batch-size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
+            raise UsageError("--memory-budget must be positive (GiB)")
+
+
+class BatchSize:
+    """A fixed batch size, or ``auto``: start at ``max_batch_size`` and halve on out-of-memory."""
+
+    def __init__(self, value: int | str, maximum: int) -> None:
+        self.auto = value == "auto"
+        self.value = int(maximum if self.auto else value)
+
+    def run(self, fn: Callable[[int], Any]) -> Any:
+        import torch
+
+        while True:
+            try:
+                return fn(self.value)
+            except torch.OutOfMemoryError:
+                if not self.auto or self.value == 1:
+                    raise
+                self.value //= 2
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+
+def memory_budget(cfg: IdentifyConfig, device: Any) -> int:
+    import torch
+
+    if cfg.memory_budget_gb is not None:
+        return int(cfg.memory_budget_gb * (1 << 30))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 4 << 30

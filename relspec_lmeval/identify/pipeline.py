@@ -1,0 +1,253 @@
+"""``identify``: find each relation's specific neurons and write a sets folder.
+
+The paper's method (docs/identification.md has the details and every choice we made):
+
+1. P^det of every relation of the data; one pass over all of it runs greedy 2-token
+   generation (left padding, BOS prepended) and keeps the prompts the model answers
+   correctly; the same pass (its prefill step) sums every neuron's prompt mean, so the
+   means over all of P^det come for free.
+2. Per relation: positives = its correct prompts (at most ``cap``, seeded subsample);
+   negatives = ``negative_ratio`` × as many prompts drawn from the other relations' P^det.
+3. One forward pass over positives + negatives records every neuron's mean over each
+   prompt's tokens (BOS included, padding excluded), on the model's device.
+4. AP of every neuron as a score of positive vs negative, batched on the device; the
+   top-k (ties by (layer, site, index)), or with ``select=both`` top ⌈k/2⌉ + bottom ⌊k/2⌋.
+
+Output: a ``SetsFolder`` (``<out>/<relation>.safetensors``, ``scores/``, ``summary.json``).
+Everything that can be checked without the model is checked before it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relspec_lmeval import __version__
+from relspec_lmeval.data.relations import docs_hash, is_correct
+from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
+from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, generate_with_means, pad_token_id
+from relspec_lmeval.identify.ap import average_precision_chunked
+from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
+from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
+from relspec_lmeval.identify.summary import RelationResult, build_summary, format_table
+from relspec_lmeval.modelio.load import load_config, load_model
+from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.sets.folder import SetsFolder
+from relspec_lmeval.sets.scores import Scores, save_scores
+from relspec_lmeval.sets.shape import ModelShape, model_metadata
+from relspec_lmeval.util.files import StagedFiles
+from relspec_lmeval.util.resources import refuse_shipped
+
+__all__ = ["check_fit", "check_out_dir", "first_line", "identify"]
+
+
+def first_line(text: str) -> str:
+    """The generation up to the first newline (the recall tasks' ``until``)."""
+    return text.split("\n", 1)[0]
+
+
+def check_fit(model: Any, config: Any, encoded: Mapping[str, list[list[int]]], model_name: str) -> None:
+    """Data/model mismatches: token ids the embedding lacks, prompts longer than the context."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    longest, top_id, where = 0, -1, ""
+    for relation, seqs in encoded.items():
+        for seq in seqs:
+            longest = max(longest, len(seq))
+            if seq and max(seq) > top_id:
+                top_id, where = max(seq), relation
+    if top_id >= rows:
+        raise ModelError(
+            f"tokenizer and model of {model_name!r} do not match: a {where} prompt has token id {top_id}, "
+            f"the model's embedding has {rows} rows"
+        )
+    limit = getattr(getattr(config, "get_text_config", lambda: config)(), "max_position_embeddings", None)
+    if limit is not None and longest + MAX_NEW_TOKENS > int(limit):
+        raise ModelError(
+            f"the longest prompt has {longest} tokens; with {MAX_NEW_TOKENS} generated tokens that exceeds "
+            f"{model_name!r}'s context of {limit} positions"
+        )
+
+
+def check_out_dir(out: Path, model_block: Mapping[str, Any], force: bool) -> None:
+    """The output folder can be written: not a file, not shipped, no sets of another model (unless ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; give a folder for the sets")
+    refuse_shipped(out, "--out")
+    if force or not out.is_dir():
+        return
+    from safetensors import safe_open
+
+    for path in SetsFolder(out).own_files():
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = json.loads((handle.metadata() or {}).get("relspec", "{}"))
+            other = (header.get("metadata") or {}).get("model") or {}
+            theirs = other.get("config_hash")
+        except Exception:  # noqa: BLE001 - an unreadable or foreign file is not ours to judge here
+            continue
+        ours = model_block.get("config_hash")
+        if theirs and ours and theirs != ours:
+            raise NeuronSetError(
+                f"{path} was made for model {other.get('name')!r} (config {theirs}), but this run uses "
+                f"{model_block.get('name')!r} (config {ours}); use another --out or --force"
+            )
+
+
+@dataclass
+class _Run:
+    """What the checks before the model load established."""
+
+    cfg: IdentifyConfig
+    pool: Pool
+    selected: list[str]
+    config: Any
+    shape: ModelShape
+    model_block: dict[str, Any]
+    folder: SetsFolder
+
+
+def _prepare(cfg: IdentifyConfig) -> _Run:
+    cfg.check()
+    requested = parse_relations(cfg.relations)
+    pool = load_pool(cfg.data, requested, template_set=cfg.template_set, language=cfg.language, lre_dir=cfg.lre_dir)
+    selected = requested or pool.relations
+    if not selected:
+        raise DataError(f"no relations found in --data {cfg.data!r}")
+    config = load_config(cfg.model, cfg.revision)
+    shape = ModelShape.from_config(config)
+    if cfg.k > shape.total:
+        raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r}")
+    model_block = model_metadata(config, cfg.model, cfg.revision)
+    out = Path(cfg.out)
+    check_out_dir(out, model_block, cfg.force)
+    return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out))
+
+
+def identify(cfg: IdentifyConfig) -> dict[str, Any]:
+    """Run the whole identification; returns the summary (also written to ``<out>/summary.json``).
+
+    Raises ``UsageError``, ``DataError``, ``ModelError`` or ``NeuronSetError`` for anything
+    wrong with the request (before the model loads where it can be known then), and
+    ``OutputError`` when the outputs cannot be written; a relation's set, its scores and the
+    summary that lists them appear together or not at all.
+    """
+    import torch
+
+    run = _prepare(cfg)
+    pool, shape = run.pool, run.shape
+    processes = Processes()
+    device_name = cfg.device or (str(processes.device) if processes.device else None)
+    model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map)
+    find_mlps(model)
+    device = model.get_input_embeddings().weight.device
+    encoded = {r: encode_prompts(tokenizer, [d["prompt"] for d in docs]) for r, docs in pool.docs.items()}
+    check_fit(model, run.config, encoded, cfg.model)
+    batch = BatchSize(cfg.batch_size, cfg.max_batch_size)
+    pad = pad_token_id(tokenizer)
+    timings: dict[str, float] = {}
+
+    # 1. correctness filter over all of P^det (its prefill also sums every neuron's prompt means)
+    flat = pool.flat()
+    all_encoded = [encoded[r][i] for r, i in flat]
+    start = time.perf_counter()
+    texts, total = batch.run(
+        lambda bs: generate_with_means(
+            model, tokenizer, all_encoded, shape, batch_size=bs, generate=cfg.filter, max_new_tokens=MAX_NEW_TOKENS,
+            processes=processes, desc="filter + means" if cfg.filter else "means", progress=cfg.progress,
+        )
+    )
+    timings["filter_and_means"] = time.perf_counter() - start
+    means = (total / len(flat)).to(torch.float32)
+    correct: dict[str, list[bool]] = {r: [True] * len(docs) for r, docs in pool.docs.items()}
+    if texts is not None:
+        for (r, i), text in zip(flat, texts):
+            correct[r][i] = is_correct(first_line(text), pool.docs[r][i]["golds"])
+    empty = [r for r in run.selected if not any(correct[r])]
+    if empty:
+        detail = "; ".join(f"{r}: 0 of {len(pool.docs[r])} P^det prompts answered correctly" for r in empty)
+        raise DataError(
+            f"empty positive set: {detail}. Leave these relations out (--relations), or use --no-filter to keep every prompt"
+        )
+
+    parameters = {
+        "k": cfg.k,
+        "select": cfg.select,
+        "cap": cfg.cap,
+        "negative_ratio": cfg.negative_ratio,
+        "seed": cfg.seed,
+        "batch_size": batch.value,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": device.type,
+        "filter": f"greedy-{MAX_NEW_TOKENS}" if cfg.filter else "none",
+        "template_set": cfg.template_set,
+        "language": cfg.language,
+    }
+    pool_hash = pool.hash()
+    base_meta = {
+        "model": run.model_block,
+        "method": "ap",
+        "parameters": parameters,
+        "data_hash": pool_hash,
+        "package_version": __version__,
+        "command": cfg.command,
+    }
+    budget = memory_budget(cfg, device)
+    results: list[RelationResult] = []
+    summary = build_summary(results, pool, run.model_block, parameters, cfg.command, shape)
+
+    # 2.-4. per relation: positives/negatives, statistics pass, AP, top-k
+    for relation in run.selected:
+        positives, negatives = choose_prompts(pool, correct, relation, cap=cfg.cap, negative_ratio=cfg.negative_ratio, seed=cfg.seed)
+        result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), len(positives), len(negatives))
+        items = positives + negatives
+        labels = torch.zeros(len(items), dtype=torch.bool)
+        labels[: len(positives)] = True
+        matrix_bytes = len(items) * shape.total * 4
+        on_device = device.type != "cpu" and matrix_bytes <= budget // 2
+        start = time.perf_counter()
+        matrix = batch.run(
+            lambda bs, items=items, relation=relation, on_device=on_device: activation_matrix(
+                model, [encoded[r][i] for r, i in items], shape, batch_size=bs, pad_id=pad,
+                matrix_device=device if on_device else "cpu", processes=processes,
+                desc=f"statistics {relation}", progress=cfg.progress,
+            )
+        )
+        result.seconds["statistics"] = time.perf_counter() - start
+        results.append(result)
+        if not processes.is_main:  # the other processes only helped with the statistics
+            continue
+        start = time.perf_counter()
+        ap = average_precision_chunked(matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0)))
+        result.seconds["ap"] = time.perf_counter() - start
+        matrix = None  # free it before the next relation's pass
+        data_block = {
+            "source": pool.source,
+            "relations": pool.relations,
+            "pool_hash": pool_hash,
+            "relation_hash": docs_hash(pool.docs[relation]),
+            "selection_hash": selection_hash(positives, negatives, pool),
+            "det_prompts": result.det_prompts,
+            "correct": result.correct,
+            "positives": result.positives,
+            "negatives": result.negatives,
+            "means_over": f"all {len(flat)} P^det prompts of the pool",
+        }
+        meta = {**base_meta, "relation": relation, "data": data_block}
+        scores = Scores(shape, ap.to(torch.float32), means, {**meta, "kind": "scores"})
+        neuron_set = scores.to_neuron_set(cfg.k, cfg.select, {**meta, "k": cfg.k, "select": cfg.select})
+        result.neuron_set = neuron_set
+        result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
+        summary = build_summary(results, pool, run.model_block, parameters, cfg.command, shape)
+        with StagedFiles() as staged:  # the relation's scores, set and summary appear together
+            save_scores(scores, result.scores_path, staged)
+            neuron_set.save(result.set_path, staged)
+            staged.write_text(run.folder.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+    if processes.is_main and cfg.print_table:
+        print(format_table(summary, timings, results))
+    processes.barrier()
+    return summary

@@ -1,0 +1,90 @@
+"""What one identification run did: per-relation results, ``summary.json`` and the printed table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relspec_lmeval.identify.pool import Pool
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.shape import ModelShape
+
+__all__ = ["RelationResult", "build_summary", "format_table"]
+
+
+@dataclass
+class RelationResult:
+    relation: str
+    det_prompts: int
+    correct: int
+    positives: int
+    negatives: int
+    set_path: Path | None = None
+    scores_path: Path | None = None
+    neuron_set: NeuronSet | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_summary(
+    results: Sequence[RelationResult], pool: Pool, model_block: Mapping[str, Any], parameters: Mapping[str, Any],
+    command: str | None, shape: ModelShape,
+) -> dict[str, Any]:
+    relations: dict[str, Any] = {}
+    for r in results:
+        entry: dict[str, Any] = {
+            "det_prompts": r.det_prompts,
+            "correct": r.correct,
+            "accuracy": round(r.correct / r.det_prompts, 6) if r.det_prompts else 0.0,
+            "positives": r.positives,
+            "negatives": r.negatives,
+        }
+        if r.neuron_set is not None:
+            per_layer = r.neuron_set.count_per_layer()
+            entry.update(
+                neurons=len(r.neuron_set),
+                count_per_site=r.neuron_set.count_per_site(),
+                count_per_layer=[sum(per_layer.get(layer, {}).values()) for layer in range(shape.num_layers)],
+                set_file=r.set_path.name if r.set_path else None,
+                scores_file=f"scores/{r.scores_path.name}" if r.scores_path else None,
+            )
+        relations[r.relation] = entry
+    sets = {r.relation: r.neuron_set for r in results if r.neuron_set is not None}
+    overlaps = {a: {b: sets[a].overlap(sets[b]) for b in sets} for a in sets}
+    return {
+        "model": dict(model_block),
+        "data": {**pool.source, "relations": pool.relations, "pool_hash": pool.hash()},
+        "parameters": dict(parameters),
+        "command": command,
+        "relations": relations,
+        "overlaps": overlaps,
+    }
+
+
+def format_table(summary: Mapping[str, Any], timings: Mapping[str, float] | None = None, results: Sequence[RelationResult] = ()) -> str:
+    """The table printed at the end of a run."""
+    rows = summary["relations"]
+    width = max([len("relation"), *(len(r) for r in rows)])
+    seconds = {r.relation: r.seconds for r in results}
+    lines = [f"{'relation':<{width}}  {'P^det':>6} {'correct':>7} {'acc':>6} {'pos':>5} {'neg':>6} {'k':>7}  peak layer   time"]
+    for name, e in rows.items():
+        per_layer = e.get("count_per_layer") or []
+        peak = max(range(len(per_layer)), key=lambda i: (per_layer[i], -i)) if per_layer else None
+        peak_text = f"L{peak} ({per_layer[peak]})" if peak is not None else "-"
+        t = seconds.get(name, {})
+        lines.append(
+            f"{name:<{width}}  {e['det_prompts']:>6} {e['correct']:>7} {100 * e['accuracy']:>5.1f}% {e['positives']:>5} "
+            f"{e['negatives']:>6} {e.get('neurons', 0):>7}  {peak_text:<11} {t.get('statistics', 0) + t.get('ap', 0):6.1f}s"
+        )
+    names = list(summary["overlaps"])
+    if len(names) > 1:
+        lines.append("")
+        lines.append("overlap (shared neurons; columns in the same order as rows):")
+        for i, a in enumerate(names):
+            cells = " ".join(f"{summary['overlaps'][a][b]:>6}" for b in names)
+            lines.append(f"{i + 1:>2} {a:<{width}} {cells}")
+    if timings:
+        lines.append("")
+        lines.append("  ".join(f"{k}: {v:.1f}s" for k, v in timings.items()))
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""``relspec export``: a checkpoint with a set's weight rows edited, loadable by any engine.
+
+The folder is built beside its target and swapped in at the end (``util.files.staged_dir``),
+and carries a marker file listing what it holds. ``--force`` replaces only a folder with
+that marker and nothing else in it: never the working directory, a parent of it, the home
+directory, the shipped files, or a folder with files of the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relspec_lmeval import __version__
+from relspec_lmeval.errors import OutputError
+from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation
+from relspec_lmeval.modelio.dtype import parse_dtype
+from relspec_lmeval.modelio.load import load_config, resolve_pretrained
+from relspec_lmeval.sets.neuron_set import union_all
+from relspec_lmeval.sets.resolve import load_sets
+from relspec_lmeval.sets.shape import ModelShape
+from relspec_lmeval.util.files import staged_dir
+from relspec_lmeval.util.resources import refuse_shipped
+
+__all__ = ["EXPORT_MARKER", "ExportConfig", "check_export_target", "export_checkpoint"]
+
+EXPORT_MARKER = "relspec_export.json"
+
+
+@dataclass
+class ExportConfig:
+    model: str
+    neuron_set: str
+    out: str
+    mode: str = "zero"
+    factor: float | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    force: bool = False
+    allow_empty: bool = False
+    command: str | None = None
+
+
+def _files_below(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def check_export_target(out: str | os.PathLike, force: bool) -> Path:
+    """The resolved output folder, or ``OutputError`` when writing there could lose anything."""
+    given = Path(out).expanduser()
+    target = given.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if target == cwd or cwd.is_relative_to(target) or target == home or target.parent == target:
+        where = "the working directory" if target == cwd else "the home directory" if target == home else "a parent of the working directory"
+        raise OutputError(f"--out {out} is {where}; give the name of a new folder for the checkpoint, e.g. --out ./ablated-model")
+    refuse_shipped(target, "--out")
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder")
+    if not target.is_dir() or not any(target.iterdir()):
+        return target
+    if not force:
+        raise OutputError(f"output folder {out} is not empty (use --force to replace an earlier relspec export there)")
+    marker = target / EXPORT_MARKER
+    try:
+        listed = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputError(
+            f"--force replaces only a folder written by relspec export, and {out} has no readable {EXPORT_MARKER}; "
+            "not touching it"
+        ) from None
+    foreign = sorted(_files_below(target) - listed - {EXPORT_MARKER})
+    if foreign:
+        raise OutputError(
+            f"{out} holds files relspec export did not write ({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}); "
+            "not replacing it"
+        )
+    return target
+
+
+def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
+    """Write the ablated checkpoint; returns (folder, neurons). Everything is checked before the weights load."""
+    import torch  # noqa: F401  (transformers needs it; imported here to keep the CLI start fast)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = AblationSpec(mode=cfg.mode, factor=cfg.factor, method="weights")
+    dtype = parse_dtype(cfg.dtype)
+    sets = load_sets(cfg.neuron_set)
+    target = check_export_target(cfg.out, cfg.force)
+    shape = ModelShape.from_config(load_config(cfg.model, cfg.revision))
+    for s in sets:  # before the (slow) weight load
+        s.validate(shape, allow_empty=cfg.allow_empty)
+    source = resolve_pretrained(cfg.model)
+    model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)
+    merged = union_all(sets)
+    apply_ablation(model, merged, spec)
+    provenance: dict[str, Any] = {
+        "package_version": __version__,
+        "source_model": str(cfg.model),
+        "sets": [{"path": str(s.path), "sha256": s.sha256(), "count": len(s)} for s in sets],
+        "mode": spec.mode,
+        "factor": spec.factor,
+        "command": cfg.command,
+    }
+    model.config.relspec = provenance
+    with staged_dir(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        marker = {"format": "relspec-export", **provenance, "files": sorted(_files_below(staging))}
+        (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return target, len(merged)

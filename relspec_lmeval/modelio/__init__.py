@@ -1,0 +1,1 @@
+"""Model access: finding, loading and reading the structure of a transformers model."""

@@ -1,0 +1,104 @@
+"""The relspec safetensors container shared by set files and scores files.
+
+Tensors plus ONE safetensors metadata entry ``relspec`` = JSON ``{"format": NAME,
+"format_version": "1", "metadata": {...}}``. One entry, because safetensors writes several
+in no fixed order and files must be byte-identical. Plain safetensors, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.util.files import StagedFiles
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "HEADER_KEY",
+    "SCORES_FORMAT",
+    "SCORES_FORMAT_VERSION",
+    "SUFFIX",
+    "read_relspec_file",
+    "read_relspec_header",
+    "stage_relspec_file",
+    "write_relspec_file",
+]
+
+FORMAT_NAME = "relspec-neuron-set"
+FORMAT_VERSION = "1"
+SCORES_FORMAT = "relspec-neuron-scores"
+SCORES_FORMAT_VERSION = "1"
+HEADER_KEY = "relspec"
+SUFFIX = ".safetensors"
+
+
+def stage_relspec_file(
+    staged: StagedFiles, tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str, version: str,
+    metadata: Mapping[str, Any],
+) -> Path:
+    """Write tensors plus the ``relspec`` entry under a temporary name, moved into place by ``staged``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise NeuronSetError(f"relspec files end in {SUFFIX}: {path}")
+    header = {HEADER_KEY: json.dumps({"format": fmt, "format_version": version, "metadata": metadata}, sort_keys=True)}
+    return staged.write(path, lambda tmp: save_file(dict(tensors), str(tmp), metadata=header))
+
+
+def write_relspec_file(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str, version: str, metadata: Mapping[str, Any]
+) -> Path:
+    """``stage_relspec_file`` for one file: atomic (temp file + rename)."""
+    with StagedFiles() as staged:
+        return stage_relspec_file(staged, tensors, path, fmt, version, metadata)
+
+
+def read_relspec_header(path: Path, what: str) -> tuple[dict[str, Any], Any]:
+    """(the ``relspec`` block, the tensors) of a file; checks that the block is a JSON object."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise NeuronSetError(f"{what} file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise NeuronSetError(f"{path} is not a readable safetensors {what} file ({exc})") from None
+    try:
+        block = json.loads(header[HEADER_KEY])
+    except KeyError:
+        raise NeuronSetError(f"{path} is a safetensors file but not a relspec {what} file (no {HEADER_KEY!r} metadata)") from None
+    except json.JSONDecodeError as exc:
+        raise NeuronSetError(f"{path}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(block, dict):
+        raise NeuronSetError(f"{path}: the {HEADER_KEY!r} metadata must be a JSON object, got {type(block).__name__}")
+    return block, tensors
+
+
+def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a relspec safetensors file of format ``fmt``; never unpickles."""
+    block, tensors = read_relspec_header(path, what)
+    found = block.get("format")
+    if found != fmt:
+        hint = " (it is a neuron set; pass a file from <out>/scores/)" if found == FORMAT_NAME else ""
+        raise NeuronSetError(f"{path} is a {found!r} file, not a relspec {what} file ({fmt!r}){hint}")
+    if block.get("format_version") != version:
+        raise NeuronSetError(
+            f"{path} has {what} format version {block.get('format_version')!r}; this relspec-lmeval reads {version!r}"
+        )
+    metadata = block.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise NeuronSetError(f"{path}: metadata must be a JSON object, got {type(metadata).__name__}")
+    model = metadata.get("model")
+    if model is not None and not isinstance(model, dict):
+        raise NeuronSetError(f"{path}: metadata 'model' must be a JSON object, got {type(model).__name__}")
+    return tensors, metadata

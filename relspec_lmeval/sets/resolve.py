@@ -1,0 +1,56 @@
+"""From what a user types (``neuron_set=``, ``--neuron-set``, ``--like``) to loaded sets.
+
+A value is a path, or a short name of a shipped set (``relspec-tiny/person_father``), or
+several of them joined with ``+`` (their union). Empty values are errors, never "no set".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.shape import ModelShape
+from relspec_lmeval.util.resources import list_shipped_neuron_sets, shipped_neuron_set
+from relspec_lmeval.util.suggest import did_you_mean, known_list
+
+__all__ = ["load_checked", "load_sets", "resolve_set_path"]
+
+
+def resolve_set_path(name: str) -> Path:
+    """A path, or a short name of a shipped set; ``NeuronSetError`` listing what ships otherwise."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_neuron_set(name)
+    if shipped is not None:
+        return shipped
+    known = list_shipped_neuron_sets()
+    hint = did_you_mean(name, known, n=3, cutoff=0.6) or (f" Shipped sets: {known_list(known)}." if known else "")
+    raise NeuronSetError(f"neuron-set file not found: {name!r} (neither a file nor a shipped set name).{hint}")
+
+
+def load_sets(spec: Any) -> list[NeuronSet]:
+    """``a.safetensors+b.safetensors`` (paths or shipped names) → the loaded sets.
+
+    Raises ``NeuronSetError`` for an empty or non-text value (``neuron_set=``, ``none``,
+    ``0``, ``False``): leaving the argument out is how to run the unmodified model.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise NeuronSetError(
+            f"neuron_set={spec!r} names no neuron-set file; give a file or shipped set name, "
+            "or leave neuron_set out for the unmodified model"
+        )
+    names = [part.strip() for part in spec.split("+")]
+    if not all(names):
+        raise NeuronSetError(f"empty neuron-set name in {spec!r}")
+    return [NeuronSet.load(resolve_set_path(n)) for n in names]
+
+
+def load_checked(spec: Any, shape: ModelShape | None = None, *, allow_empty: bool = False) -> list[NeuronSet]:
+    """``load_sets`` and ``NeuronSet.validate`` of each (against ``shape``, else the shape it records)."""
+    sets = load_sets(spec)
+    for s in sets:
+        s.validate(shape if shape is not None else s.recorded_shape(), allow_empty=allow_empty)
+    return sets
