@@ -7,7 +7,8 @@ the patches run when lm-eval's own modules are imported:
 * ``lm_eval.api.registry``: ``get_model`` learns ``relspec-hf`` (a lazy entry, so torch is
   not imported until the model is asked for);
 * ``lm_eval.tasks.manager``: every ``TaskManager`` indexes our task folder, before the
-  user's ``include_path`` so users can still override our tasks;
+  user's ``include_path`` (keyword or positional) so users can still override our tasks; a
+  ``TaskManager.__init__`` without ``include_path`` is left alone (one warning line);
 * ``lm_eval.api.model``: ``CachingLM`` salts its keys with the applied neuron sets' hash,
   so ``--use_cache`` never serves an unablated answer to an ablated run.
 
@@ -45,11 +46,40 @@ def _patch_registry(registry):
     registry.get_model = get_model
 
 
+def _include_path_position(init):
+    """Where ``include_path`` sits in ``init``'s ``*args`` (self excluded): an int, None when
+    it is keyword-only, or a string saying why the signature is not one we know."""
+    import inspect  # here, not at the top: this runs only when lm-eval's manager is imported
+
+    try:
+        signature = inspect.signature(init)
+    except (TypeError, ValueError) as exc:
+        return f"its __init__ signature cannot be read ({exc})"
+    params = list(signature.parameters.values())
+    names = [p.name for p in params]
+    if "include_path" not in names:
+        return f"__init__{signature} has no include_path parameter"
+    param = params[names.index("include_path")]
+    if param.kind is param.KEYWORD_ONLY:
+        return None
+    if param.kind is not param.POSITIONAL_OR_KEYWORD or params[0].kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+        return f"__init__{signature} takes include_path in a way the hook does not know"
+    return names.index("include_path") - 1  # self is not in *args
+
+
 def _patch_task_manager(manager):
     cls = manager.TaskManager
     original = cls.__init__
+    position = _include_path_position(original)
+    if isinstance(position, str):  # another lm-eval: leave its TaskManager alone
+        _warn("add the relspec task folder to TaskManager", TypeError(position))
+        return
 
-    def __init__(self, *args, include_path=None, **kwargs):
+    def __init__(self, *args, **kwargs):
+        given_positionally = position is not None and len(args) > position
+        if given_positionally and "include_path" in kwargs:
+            return original(self, *args, **kwargs)  # lm-eval's own "multiple values" error
+        include_path = args[position] if given_positionally else kwargs.get("include_path")
         try:
             from relspec_lmeval.util.resources import task_dir
 
@@ -64,7 +94,11 @@ def _patch_task_manager(manager):
                 include_path = [ours, *user]
         except Exception as exc:  # never let our task folder break lm-eval
             _warn("add the relspec task folder", exc)
-        original(self, *args, include_path=include_path, **kwargs)
+        if given_positionally:
+            args = (*args[:position], include_path, *args[position + 1 :])
+        else:
+            kwargs["include_path"] = include_path
+        return original(self, *args, **kwargs)
 
     __init__.__wrapped__ = original
     cls.__init__ = __init__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,16 @@ import pytest
 import _relspec_lmeval_hook  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+
+if Path(_relspec_lmeval_hook.__file__).resolve() != REPO / "_relspec_lmeval_hook.py":
+    # The .pth of an installed copy loaded that copy at start-up: test this checkout's hook.
+    import importlib.util
+
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _relspec_lmeval_hook._Finder)]
+    _spec = importlib.util.spec_from_file_location("_relspec_lmeval_hook", REPO / "_relspec_lmeval_hook.py")
+    _relspec_lmeval_hook = importlib.util.module_from_spec(_spec)
+    sys.modules["_relspec_lmeval_hook"] = _relspec_lmeval_hook
+    _spec.loader.exec_module(_relspec_lmeval_hook)
 LRE_DIR = Path(os.environ.get("RELSPEC_LRE_DIR") or REPO.parent / "shared" / "data" / "lre")
 
 # A small English vocabulary: enough for the tasks' prompts to tokenize into known words.

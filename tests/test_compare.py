@@ -19,7 +19,7 @@ from conftest import build_tiny_llama
 from transformers import AutoConfig
 
 from relspec_lmeval.cli import main
-from relspec_lmeval.experiments.compare import bootstrap_p, weighted_bootstrap_p
+from relspec_lmeval.experiments.stats import bootstrap_p, weighted_bootstrap_p
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import SITES, ModelShape, model_metadata
 

@@ -32,6 +32,39 @@ def test_registry_and_task_manager_are_patched():
     assert [str(p) for p in user] == [task_dir(), "/tmp/user_tasks"]  # user's folder last: it wins
 
 
+def _fake_manager(init):
+    """A module like lm_eval.tasks.manager whose TaskManager has the given __init__."""
+    module = types.ModuleType("fake_lm_eval_tasks_manager")
+    module.TaskManager = type("TaskManager", (), {"__init__": init})
+    return module
+
+
+def test_task_manager_without_include_path_is_left_alone(capsys):
+    # Another lm-eval's TaskManager without include_path: constructing it must still work.
+    def __init__(self, verbosity=None, include_defaults=True):
+        self.args = (verbosity, include_defaults)
+
+    module = _fake_manager(__init__)
+    hook._patch_task_manager(module)
+    assert module.TaskManager().args == (None, True)
+    assert module.TaskManager("INFO", include_defaults=False).args == ("INFO", False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "relspec-lmeval: import hook could not" in err and "include_path" in err
+
+
+def test_task_manager_include_path_given_positionally(capsys):
+    def __init__(self, verbosity=None, include_path=None, include_defaults=True):
+        self.args = (verbosity, include_path, include_defaults)
+
+    module = _fake_manager(__init__)
+    hook._patch_task_manager(module)
+    assert module.TaskManager("INFO", "/tmp/user_tasks").args == ("INFO", [task_dir(), "/tmp/user_tasks"], True)
+    assert module.TaskManager("INFO", ["/a", "/b"], False).args == ("INFO", [task_dir(), "/a", "/b"], False)
+    assert module.TaskManager("INFO", include_path="/a").args == ("INFO", [task_dir(), "/a"], True)
+    assert module.TaskManager().args == (None, [task_dir()], True)
+    assert capsys.readouterr().err == ""
+
+
 def test_fresh_interpreter_resolves_both_models():
     result = python("from lm_eval.api.registry import get_model; print(get_model('hf').__name__, get_model('relspec-hf').__name__)")
     assert result.stdout.split() == ["HFLM", "RelspecHFLM"], result.stderr

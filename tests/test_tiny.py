@@ -139,6 +139,66 @@ def test_shipped_sets_fit_the_model_and_say_where_they_come_from():
     assert len(sizes) == 1 and sizes.pop() <= shape.total // 100  # 1% or fewer
 
 
+def _identify_tiny(out: Path, **kw):
+    """One relation of relspec-tiny (the smallest), as the shipped sets were identified."""
+    from relspec_lmeval.identify.config import IdentifyConfig
+    from relspec_lmeval.identify.pipeline import identify
+
+    base = dict(model="relspec-tiny", data="relation_recall_synthetic_det", relations="person_pro_sport", k=38, batch_size=128,
+                device="cpu", command="test", progress=False, print_table=False)
+    return identify(IdentifyConfig(out=str(out), **{**base, **kw}))
+
+
+def test_identify_gives_the_same_bytes_on_1_and_2_threads(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.get_num_threads() == n
+            _identify_tiny(tmp_path / str(n), filter=False)
+    finally:
+        torch.set_num_threads(threads)
+    files = sorted(p.relative_to(tmp_path / "1") for p in (tmp_path / "1").rglob("*") if p.is_file())
+    assert len(files) == 3  # set, scores, summary
+    for name in files:
+        assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+def test_shipped_scores_are_reproduced_bit_for_bit(tmp_path):
+    """The recorded command under the recorded environment (summary.json) gives the shipped AP and means."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+
+    env = json.loads((SETS / "summary.json").read_text(encoding="utf-8"))["environment"]
+    if (torch.__version__, transformers.__version__) != (env["torch"], env["transformers"]):
+        pytest.skip(f"the shipped sets were made with torch {env['torch']}, transformers {env['transformers']}")
+    code = (
+        "import sys, torch\n"
+        "if torch.backends.cpu.get_cpu_capability() != sys.argv[1]: sys.exit(77)\n"
+        "from relspec_lmeval.cli import main\n"
+        "sys.exit(main(['identify', '--model', 'relspec-tiny', '--data', 'relation_recall_synthetic_det', '--relations', "
+        "'person_pro_sport', '--k', '38', '--out', sys.argv[2], '--batch-size', '128', '--device', 'cpu', '--quiet']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, env["cpu_capability"], str(tmp_path)], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ATEN_CPU_CAPABILITY": env["cpu_capability"].lower(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+    )
+    if result.returncode == 77:
+        pytest.skip(f"this CPU cannot run torch's {env['cpu_capability']} kernels")
+    assert result.returncode == 0, result.stderr
+    for name in ("scores/person_pro_sport.safetensors", "person_pro_sport.safetensors"):
+        ours, shipped = load_file(tmp_path / name), load_file(SETS / name)
+        assert ours.keys() == shipped.keys()
+        assert all(torch.equal(ours[key], shipped[key]) for key in shipped), name
+
+
 # ---------------------------------------------------------------- tasks over the world
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.errors import UsageError
-from relspec_lmeval.experiments.compare import compare, load_run, plot, to_csv, to_json, to_markdown
+from relspec_lmeval.experiments.compare import compare, load_run
+from relspec_lmeval.experiments.compare_output import plot, to_csv, to_json, to_markdown
 from relspec_lmeval.util.files import atomic_write_text
 
 __all__ = ["add_parser"]

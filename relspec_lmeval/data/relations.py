@@ -30,8 +30,8 @@ from relspec_lmeval.data.templates import (
     RelationSpec,
 )
 from relspec_lmeval.errors import DataError, LREDataError, UsageError
-from relspec_lmeval.util.hashing import json_sha256
 from relspec_lmeval.util import resources
+from relspec_lmeval.util.hashing import json_sha256
 from relspec_lmeval.util.suggest import did_you_mean
 
 __all__ = [

@@ -33,7 +33,7 @@ from relspec_lmeval.identify.activations import Processes, activation_matrix, en
 from relspec_lmeval.identify.ap import average_precision_chunked
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
-from relspec_lmeval.identify.summary import RelationResult, build_summary, format_table
+from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
 from relspec_lmeval.modelio.load import load_config, load_model
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.folder import SetsFolder
@@ -198,6 +198,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     budget = memory_budget(cfg, device)
     results: list[RelationResult] = []
     summary = build_summary(results, pool, run.model_block, parameters, cfg.command, shape)
+    env = environment(device)
 
     # 2.-4. per relation: positives/negatives, statistics pass, AP, top-k
     for relation in run.selected:
@@ -241,7 +242,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         neuron_set = scores.to_neuron_set(cfg.k, cfg.select, {**meta, "k": cfg.k, "select": cfg.select})
         result.neuron_set = neuron_set
         result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
-        summary = build_summary(results, pool, run.model_block, parameters, cfg.command, shape)
+        summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env}
         with StagedFiles() as staged:  # the relation's scores, set and summary appear together
             save_scores(scores, result.scores_path, staged)
             neuron_set.save(result.set_path, staged)

@@ -11,7 +11,22 @@ from relspec_lmeval.identify.pool import Pool
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import ModelShape
 
-__all__ = ["RelationResult", "build_summary", "format_table"]
+__all__ = ["RelationResult", "build_summary", "environment", "format_table"]
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """What the float32 results depend on beyond the parameters (docs/identification.md,
+    Reproducibility): the library versions and the kernels' instruction set or GPU."""
+    import torch
+    import transformers
+
+    env: dict[str, Any] = {"torch": torch.__version__, "transformers": transformers.__version__}
+    if device.type == "cpu":
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # AVX2, AVX512, …: ATEN_CPU_CAPABILITY
+    elif device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
 
 
 @dataclass
