@@ -10,7 +10,10 @@ the patches run when lm-eval's own modules are imported:
   user's ``include_path`` (keyword or positional) so users can still override our tasks; a
   ``TaskManager.__init__`` without ``include_path`` is left alone (one warning line);
 * ``lm_eval.api.model``: ``CachingLM`` salts its keys with the applied neuron sets' hash,
-  so ``--use_cache`` never serves an unablated answer to an ablated run.
+  so ``--use_cache`` never serves an unablated answer to an ablated run;
+* ``lm_eval._cli.harness``: a relspec-lmeval error (a bad ``neuron_set=``, a set of another
+  model, …) ends ``lm_eval`` as one ``lm_eval: error: relspec-hf: …`` line and exit status 2
+  instead of a traceback; every other error is lm-eval's own.
 
 This module must stay stdlib-only and cheap (it runs in every Python process of the
 environment), and must never break an import: every error is reduced to one warning line.
@@ -139,10 +142,33 @@ class _SaltedDict:
         return getattr(self._inner, name)
 
 
+def _is_relspec_error(exc):
+    # by name: importing relspec_lmeval.errors here would cost every interpreter start
+    return any(c.__name__ == "RelspecError" and c.__module__ == "relspec_lmeval.errors" for c in type(exc).__mro__)
+
+
+def _patch_cli(harness):
+    cls = harness.HarnessCLI
+    original = cls.execute
+
+    def execute(self, args):
+        try:
+            return original(self, args)
+        except Exception as exc:
+            if not _is_relspec_error(exc):
+                raise
+            sys.stderr.write(f"lm_eval: error: {MODEL_NAME}: {exc}\n")
+            raise SystemExit(2) from None
+
+    execute.__wrapped__ = original
+    cls.execute = execute
+
+
 _PATCHES = {
     "lm_eval.api.registry": _patch_registry,
     "lm_eval.tasks.manager": _patch_task_manager,
     "lm_eval.api.model": _patch_caching,
+    "lm_eval._cli.harness": _patch_cli,
 }
 
 

@@ -116,7 +116,8 @@ def test_patch_targets_exist_in_this_lm_eval(module):
 
     mod = importlib.import_module(module)
     assert any(isinstance(f, hook._Finder) for f in sys.meta_path)
-    target = {"lm_eval.api.registry": "get_model", "lm_eval.tasks.manager": "TaskManager", "lm_eval.api.model": "CachingLM"}[module]
-    obj = getattr(mod, target)
-    patched = obj.__init__ if isinstance(obj, type) else obj
+    targets = {"lm_eval.api.registry": "get_model", "lm_eval.tasks.manager": "TaskManager", "lm_eval.api.model": "CachingLM",
+               "lm_eval._cli.harness": "HarnessCLI"}
+    obj = getattr(mod, targets[module])
+    patched = (obj.execute if module == "lm_eval._cli.harness" else obj.__init__) if isinstance(obj, type) else obj
     assert hasattr(patched, "__wrapped__")

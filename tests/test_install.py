@@ -65,3 +65,16 @@ def test_stock_cli_lists_groups_and_runs_relspec_hf(installed, tiny_llama_dir, l
     (results,) = out.rglob("results_*.json")
     relspec = json.loads(results.read_text())["config"]["relspec"]
     assert relspec["sets"][0]["sha256"] == NeuronSet.load(set_path).sha256()
+
+
+def test_stock_cli_error_is_one_line(installed, tiny_llama_dir, tmp_path):
+    """A relspec error under the stock `lm_eval` is one line and exit 2, not a traceback."""
+    run = lm_eval(
+        installed, tmp_path, "--model", "relspec-hf", "--model_args", f"pretrained={tiny_llama_dir},neuron_set=none",
+        "--tasks", "relation_recall_company_ceo", "--limit", "1", "--device", "cpu",
+    )
+    assert run.returncode == 2, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["lm_eval: error: relspec-hf: neuron_set='none' names no neuron-set file; give a file or shipped set name, "
+                      "or leave neuron_set out for the unmodified model"], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr

@@ -28,7 +28,7 @@ from typing import Any
 from relspec_lmeval import __version__
 from relspec_lmeval.data import relations as rel
 from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
-from relspec_lmeval.errors import NeuronSetError, UsageError
+from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
 from relspec_lmeval.experiments.study import Condition
 from relspec_lmeval.identify.controls import random_sets, select_sets
 from relspec_lmeval.identify.pool import parse_relations
@@ -129,7 +129,7 @@ def _sets_dir(name: str) -> Path:
         return path
     try:  # a shipped folder: --neuron-sets relspec-tiny
         shipped = resource_dir("neuron_sets") / name
-    except FileNotFoundError:
+    except DataError:
         shipped = None
     if shipped is not None and shipped.is_dir():
         return shipped

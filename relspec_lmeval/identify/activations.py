@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from relspec_lmeval.errors import ModelError
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
 
@@ -168,7 +169,7 @@ class ActivationRecorder(AbstractContextManager):
         self.dtype = stats_dtype(model)
         self.mlps = find_mlps(model)
         if len(self.mlps) != layout.num_layers:
-            raise ValueError(f"model has {len(self.mlps)} MLP layers, layout expects {layout.num_layers}")
+            raise ModelError(f"model has {len(self.mlps)} MLP layers, layout expects {layout.num_layers}")
         self.handles: list[Any] = []
         self.buffer: torch.Tensor | None = None
         self._pending: set[int] = set()
@@ -257,7 +258,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def _check_finite(values: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(values).all()):
-        raise ValueError(
+        raise ModelError(
             f"non-finite neuron outputs in {what} (overflow in the model's dtype?); rerun with --dtype float32 or bfloat16"
         )
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from relspec_lmeval.errors import UsageError
+
 __all__ = ["AP_BYTES_PER_ELEMENT", "CPU_CHUNK_BYTES", "ap_chunk_size", "average_precision", "average_precision_chunked"]
 
 # Bytes of working memory per (prompt, neuron) element in ``average_precision``: the sorted
@@ -30,14 +32,14 @@ def average_precision(values: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     device, with exact integer counts and float64 precision. Returns float64 [neurons].
     """
     if values.dim() != 2:
-        raise ValueError(f"values must be [prompts, neurons], got shape {tuple(values.shape)}")
+        raise UsageError(f"values must be [prompts, neurons], got shape {tuple(values.shape)}")
     n, cols = values.shape
     labels = labels.to(device=values.device, dtype=torch.bool).flatten()
     if labels.numel() != n:
-        raise ValueError(f"{labels.numel()} labels for {n} prompts")
+        raise UsageError(f"{labels.numel()} labels for {n} prompts")
     positives = int(labels.sum())
     if positives == 0:
-        raise ValueError("average precision needs at least one positive prompt")
+        raise UsageError("average precision needs at least one positive prompt")
     if cols == 0:
         return torch.zeros(0, dtype=torch.float64, device=values.device)
     if values.dtype == torch.float64:

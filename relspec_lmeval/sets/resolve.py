@@ -17,6 +17,9 @@ from relspec_lmeval.util.suggest import did_you_mean, known_list
 
 __all__ = ["load_checked", "load_sets", "resolve_set_path"]
 
+# lm-eval's CLI passes these as text; its Python parser turns some into None/False/0
+_NO_SET_WORDS = ("none", "null", "false", "0", "no", "off")
+
 
 def resolve_set_path(name: str) -> Path:
     """A path, or a short name of a shipped set; ``NeuronSetError`` listing what ships otherwise."""
@@ -37,7 +40,7 @@ def load_sets(spec: Any) -> list[NeuronSet]:
     Raises ``NeuronSetError`` for an empty or non-text value (``neuron_set=``, ``none``,
     ``0``, ``False``): leaving the argument out is how to run the unmodified model.
     """
-    if not isinstance(spec, str) or not spec.strip():
+    if not isinstance(spec, str) or not spec.strip() or (spec.strip().lower() in _NO_SET_WORDS and not Path(spec).exists()):
         raise NeuronSetError(
             f"neuron_set={spec!r} names no neuron-set file; give a file or shipped set name, "
             "or leave neuron_set out for the unmodified model"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from relspec_lmeval.errors import OutputError
+from relspec_lmeval.errors import DataError, OutputError
 from relspec_lmeval.util.env import env_flag
 
 __all__ = [
@@ -37,7 +37,7 @@ def resource_dir(name: str) -> Path:
     for candidate in (_PACKAGE / name, _PACKAGE.parent / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise DataError(
         f"relspec-lmeval resource folder {name!r} not found next to {_PACKAGE}; "
         "reinstall the package with `pip install .`"
     )
@@ -58,7 +58,7 @@ def _shipped(kind: str, name: str, suffix: str = "") -> Path | None:
         return None
     try:
         root = resource_dir(kind).resolve()
-    except FileNotFoundError:
+    except DataError:
         return None
     path = (root / (name + suffix)).resolve()
     # a link inside the folder must not lead out of it either
@@ -84,7 +84,7 @@ def shipped_model(name: str) -> Path | None:
 def list_shipped_neuron_sets() -> list[str]:
     try:
         root = resource_dir("neuron_sets")
-    except FileNotFoundError:
+    except DataError:
         return []
     names = (p.relative_to(root) for p in root.rglob("*.safetensors"))
     # scores/ and random/ hold identification scores and controls, not sets to name
@@ -96,7 +96,7 @@ def _protected() -> list[Path]:
     for kind in KINDS:
         try:
             roots.append(resource_dir(kind).resolve())
-        except FileNotFoundError:
+        except DataError:
             pass
     return roots
 
