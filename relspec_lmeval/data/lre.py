@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from relspec_lmeval.errors import LREDataError
+from relspec_lmeval.util.cache import cache_root
 from relspec_lmeval.util.env import env_flag
 from relspec_lmeval.util.files import atomic_write
 
@@ -62,13 +63,8 @@ HOW_TO_POINT = (
 
 
 def cache_dir() -> Path:
-    """Folder the pinned upstream files are downloaded to (``RELSPEC_CACHE_DIR`` overrides)."""
-    root = os.environ.get("RELSPEC_CACHE_DIR")
-    if root:
-        base = Path(root).expanduser()
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "relspec-lmeval"
-    return base / "lre" / LRE_COMMIT
+    """Folder the pinned upstream files are downloaded to (``RELSPEC_CACHE_DIR`` overrides the root)."""
+    return cache_root() / "lre" / LRE_COMMIT
 
 
 def _checked_dir(path: str | Path, origin: str) -> Path:

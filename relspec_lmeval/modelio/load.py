@@ -1,7 +1,11 @@
-"""Finding and loading a model: shipped names, configs (cheap, checked first), weights.
+"""Finding and loading a model: shipped names, packaged GGUF names, GGUF files, configs, weights.
 
-Everything that can be checked from the config (``load_config``) is checked before the
-slow weight load; a model that cannot be found is a ``ModelError`` naming it.
+Every command resolves its model through ``resolve_pretrained``: a shipped model name
+(``relspec-tiny``) becomes its installed folder, a packaged GGUF name (``gemma-3-270m``) or
+a folder plus ``gguf_file`` becomes the cached plain checkpoint of that GGUF file
+(``modelio.gguf``); hub ids, paths and model objects pass through. Everything that can be
+checked from the config (``load_config``) is checked before the weights load; a model that
+cannot be found is a ``ModelError`` naming it.
 """
 
 from __future__ import annotations
@@ -10,39 +14,48 @@ from typing import Any
 
 from relspec_lmeval.errors import ModelError
 from relspec_lmeval.modelio.dtype import parse_dtype
+from relspec_lmeval.modelio.gguf import converted_folder, packaged_gguf
 from relspec_lmeval.util.resources import shipped_model
 
 __all__ = ["load_config", "load_model", "resolve_pretrained"]
 
 
-def resolve_pretrained(pretrained: Any) -> Any:
-    """``relspec-tiny`` → the installed model folder; hub ids, paths and model objects pass through."""
-    if isinstance(pretrained, str):
-        shipped = shipped_model(pretrained)
-        if shipped is not None:
-            return str(shipped)
+def resolve_pretrained(pretrained: Any, gguf_file: str | None = None) -> Any:
+    """The folder (or hub id) transformers should load for ``pretrained`` (see the module doc)."""
+    if not isinstance(pretrained, str):
+        return pretrained
+    if gguf_file:
+        return str(converted_folder(pretrained, gguf_file))
+    shipped = shipped_model(pretrained)
+    if shipped is not None:
+        return str(shipped)
+    packaged = packaged_gguf(pretrained)
+    if packaged is not None:
+        return str(converted_folder(packaged.parent, packaged.name))
     return pretrained
 
 
-def load_config(model: str, revision: str | None = None) -> Any:
-    """The transformers config of ``model`` (a hub id, folder or shipped name); ``ModelError`` if none."""
+def load_config(model: str, revision: str | None = None, gguf_file: str | None = None) -> Any:
+    """The transformers config of ``model``; ``ModelError`` if there is none."""
     from transformers import AutoConfig
 
+    source = resolve_pretrained(model, gguf_file)
     try:
-        return AutoConfig.from_pretrained(resolve_pretrained(model), revision=revision)
+        return AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load the config of model {model!r}: {first}") from None
 
 
 def load_model(
-    model: str, *, revision: str | None = None, dtype: str = "auto", device: str | None = None, device_map: str | None = None
+    model: str, *, revision: str | None = None, dtype: str = "auto", device: str | None = None, device_map: str | None = None,
+    gguf_file: str | None = None,
 ) -> tuple[Any, Any]:
     """The model (eval mode, placed on ``device`` or by ``device_map``) and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_pretrained(model)
+    source = resolve_pretrained(model, gguf_file)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": parse_dtype(dtype)}
     if device_map:
         kwargs["device_map"] = device_map

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.sets.shape import SHAPE_KEYS
 from relspec_lmeval.util.files import StagedFiles
 
 __all__ = [
@@ -101,4 +102,8 @@ def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[di
     model = metadata.get("model")
     if model is not None and not isinstance(model, dict):
         raise NeuronSetError(f"{path}: metadata 'model' must be a JSON object, got {type(model).__name__}")
+    for key in SHAPE_KEYS:  # a recorded shape is what validation compares: it must be numbers
+        value = (model or {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise NeuronSetError(f"{path}: metadata model.{key} must be a positive integer, got {value!r}")
     return tensors, metadata

@@ -27,7 +27,7 @@ import torch
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, stage_relspec_file
-from relspec_lmeval.sets.shape import SITES, ModelShape, Site
+from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES, ModelShape, Site
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
@@ -121,7 +121,7 @@ class NeuronSet:
         recorded = self.metadata.get("model")
         if recorded is not None and not isinstance(recorded, Mapping):
             raise NeuronSetError(f"{self._label()}: metadata 'model' must be an object, got {type(recorded).__name__}")
-        for key in ("num_layers", "hidden_size", "intermediate_size"):
+        for key in SHAPE_KEYS:
             want = getattr(shape, key)
             have = (recorded or {}).get(key)
             if have is None:

@@ -19,11 +19,11 @@ import torch
 
 from relspec_lmeval.errors import NeuronSetError
 
-__all__ = ["SITES", "ModelShape", "Site", "config_fingerprint", "model_metadata"]
+__all__ = ["SHAPE_KEYS", "SITES", "ModelShape", "Site", "config_fingerprint", "model_metadata"]
 
 SITES = ("gate_proj", "up_proj", "down_proj")
 Site = tuple[int, str]  # (layer, site name)
-_SHAPE_KEYS = ("num_layers", "hidden_size", "intermediate_size")
+SHAPE_KEYS = ("num_layers", "hidden_size", "intermediate_size")  # the recorded shape in a file's ``model`` block
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ModelShape:
     model_type: str = field(default="llama", compare=False)
 
     def __post_init__(self) -> None:
-        for key in _SHAPE_KEYS:
+        for key in SHAPE_KEYS:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NeuronSetError(f"model shape: {key} must be a positive integer, got {value!r}")
@@ -55,9 +55,9 @@ class ModelShape:
     def from_metadata(cls, block: Any, where: str) -> ModelShape:
         """The shape recorded in a file's ``model`` metadata block; ``where`` names the file in errors."""
         if not isinstance(block, Mapping):
-            raise NeuronSetError(f"{where}: metadata 'model' must be an object with {', '.join(_SHAPE_KEYS)}, got {type(block).__name__}")
+            raise NeuronSetError(f"{where}: metadata 'model' must be an object with {', '.join(SHAPE_KEYS)}, got {type(block).__name__}")
         values = {}
-        for key in _SHAPE_KEYS:
+        for key in SHAPE_KEYS:
             value = block.get(key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise NeuronSetError(f"{where}: metadata model.{key} must be a positive integer, got {value!r}")
@@ -114,7 +114,7 @@ class ModelShape:
         return out
 
     def metadata(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in _SHAPE_KEYS}
+        return {key: getattr(self, key) for key in SHAPE_KEYS}
 
 
 def config_fingerprint(config: Any) -> str:

