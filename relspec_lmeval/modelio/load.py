@@ -10,6 +10,7 @@ cannot be found is a ``ModelError`` naming it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.errors import ModelError
@@ -40,6 +41,8 @@ def load_config(model: str, revision: str | None = None, gguf_file: str | None =
     from transformers import AutoConfig
 
     source = resolve_pretrained(model, gguf_file)
+    if isinstance(source, str) and source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+        raise ModelError(f"model folder not found: {model}")
     try:
         return AutoConfig.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as exc:

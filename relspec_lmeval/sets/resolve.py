@@ -29,8 +29,10 @@ def resolve_set_path(name: str) -> Path:
     shipped = shipped_neuron_set(name)
     if shipped is not None:
         return shipped
+    if ".." in Path(name).parts:
+        raise NeuronSetError(f"neuron-set file not found: {name!r} (a shipped set name cannot contain '..'; give a path to a file)")
     known = list_shipped_neuron_sets()
-    hint = did_you_mean(name, known, n=3, cutoff=0.6) or (f" Shipped sets: {known_list(known)}." if known else "")
+    hint = did_you_mean(name, known, n=3, cutoff=0.6) or (f" Shipped sets: {known_list(known, 6)}." if known else "")
     raise NeuronSetError(f"neuron-set file not found: {name!r} (neither a file nor a shipped set name).{hint}")
 
 
