@@ -201,7 +201,7 @@ def test_filter_keeps_exactly_the_prompts_the_model_answers(tiny_llama_dir, tmp_
             crafted[("person_father", doc["subject"])] = text.strip()
     assert crafted, "the tiny model generated nothing printable"
     data = write_lre_folder(tmp_path / "crafted", crafted, subjects=14)
-    summary = identify(config(tiny_llama_dir, tmp_path / "out", data, relations="person_father", filter=True))
+    summary = identify(config(tiny_llama_dir, tmp_path / "out", data, relations="person_father", filter=True, min_positives=1))
     entry = summary["relations"]["person_father"]
     assert entry["correct"] == entry["positives"] == len(crafted) and entry["negatives"] == 4 * len(crafted)
     assert NeuronSet.load(tmp_path / "out" / "person_father.safetensors").metadata["parameters"]["filter"] == "greedy-2"
@@ -220,7 +220,7 @@ def test_cli_errors(tiny_llama_dir, data_dir, tmp_path, capsys):
     code, err = run_cli([*base, "--relations", "person_fathr", "--no-filter"], capsys)
     assert code == 2 and "unknown relation 'person_fathr'" in err and "Did you mean 'person_father'" in err
     code, err = run_cli([*base, "--relations", "person_father,star_constellation"], capsys)
-    assert code == 2 and "empty positive set" in err
+    assert code == 2 and "no relation has enough positives" in err
     assert "person_father: 0 of 5" in err and "star_constellation: 0 of 5" in err and "--no-filter" in err
     code, err = run_cli([*base, "--k", "321", "--no-filter"], capsys)
     assert code == 2 and "--k 321 is larger than the 320 neurons" in err
@@ -319,3 +319,36 @@ def test_script_wrapper_help(capsys):
     finally:
         sys.argv = argv
     assert exc.value.code == 0 and "--negative-ratio" in capsys.readouterr().out
+
+
+def test_relations_below_min_positives_are_skipped_not_fatal(tiny_llama_dir, tmp_path, capsys):
+    """One relation the tiny model answers (crafted golds), one it never does: the first is
+    written, the second skipped with one line, and the exit status (3) says so."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    plain = write_lre_folder(tmp_path / "plain", subjects=14)
+    crafted = {}
+    for doc in build_docs("person_father", "det", data_dir=plain)[:4]:
+        ids = tokenizer(doc["prompt"], return_tensors="pt")["input_ids"]
+        text = tokenizer.decode(model.generate(ids, max_new_tokens=2, do_sample=False)[0, ids.shape[1]:], skip_special_tokens=True)
+        if text.strip():
+            crafted[("person_father", doc["subject"])] = text.strip()
+    assert crafted, "the tiny model generated nothing printable"
+    data = write_lre_folder(tmp_path / "crafted", crafted, subjects=14)
+    out = tmp_path / "out"
+    argv = ["identify", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out), "--quiet", "--k", "20",
+            "--relations", "person_father,star_constellation", "--min-positives", str(len(crafted))]
+    capsys.readouterr()  # this test's own model load above
+    assert cli_main(argv) == 3
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"relspec identify: skipped star_constellation: 0 of 7 P^det prompts answered correctly, fewer than --min-positives {len(crafted)}"
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["relations"]) == ["person_father"] and list(summary["skipped"]) == ["star_constellation"]
+    assert (out / "person_father.safetensors").is_file() and not (out / "star_constellation.safetensors").exists()
+    # the default (20) with the filter on skips both: nothing is written, one error line
+    assert cli_main([*argv[:-2], "--out", str(tmp_path / "out2")]) == 2
+    assert "no relation has enough positives" in capsys.readouterr().err and not (tmp_path / "out2").exists()

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # provenance: the command as given
     try:
-        args.func(args)
+        code = args.func(args)
     except RelspecError as exc:
         print(f"relspec: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0  # a command may say "done, but not all of it" (identify: 3)

@@ -6,12 +6,15 @@ import argparse
 from typing import Any
 
 from relspec_lmeval.cli.common import batch_size, command_line
-from relspec_lmeval.identify.config import DEFAULT_CAP, DEFAULT_K, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
+from relspec_lmeval.identify.config import DEFAULT_CAP, DEFAULT_K, DEFAULT_MIN_POSITIVES, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
 
 __all__ = ["add_parser"]
 
 
-def _cmd_identify(args: argparse.Namespace) -> None:
+EXIT_SKIPPED = 3  # some relations were written, others skipped (too few positives)
+
+
+def _cmd_identify(args: argparse.Namespace) -> int:
     cfg = IdentifyConfig(
         model=args.model,
         out=args.out,
@@ -21,6 +24,7 @@ def _cmd_identify(args: argparse.Namespace) -> None:
         select=args.select,
         cap=args.cap,
         negative_ratio=args.negative_ratio,
+        min_positives=args.min_positives,
         seed=args.seed,
         batch_size=args.batch_size,
         max_batch_size=args.max_batch_size,
@@ -28,6 +32,7 @@ def _cmd_identify(args: argparse.Namespace) -> None:
         device=args.device,
         device_map=args.device_map,
         revision=args.revision,
+        gguf_file=args.gguf_file,
         filter=not args.no_filter,
         template_set=args.template_set,
         language=args.language,
@@ -41,6 +46,10 @@ def _cmd_identify(args: argparse.Namespace) -> None:
 
     summary = identify(cfg)
     print(f"wrote {len(summary['relations'])} neuron set(s), scores and summary.json to {cfg.out}")
+    if summary.get("skipped"):
+        print(f"skipped {len(summary['skipped'])} relation(s) with too few positives (listed in summary.json); exit status {EXIT_SKIPPED}")
+        return EXIT_SKIPPED
+    return 0
 
 
 def add_parser(sub: Any) -> None:
@@ -64,6 +73,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--k", type=int, default=DEFAULT_K, help=f"neurons per set (default {DEFAULT_K})")
     p.add_argument("--select", choices=["top", "both"], default="top", help="top k, or top k/2 + bottom k/2")
     p.add_argument("--cap", type=int, default=DEFAULT_CAP, help=f"at most this many positives (default {DEFAULT_CAP})")
+    p.add_argument(
+        "--min-positives", type=int, default=None,
+        help=f"skip relations with fewer correctly answered prompts (default {DEFAULT_MIN_POSITIVES}; 1 with --no-filter); "
+        f"exit status {EXIT_SKIPPED} when any was skipped",
+    )
     p.add_argument("--negative-ratio", type=int, default=DEFAULT_NEGATIVE_RATIO, help="negatives per positive (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the positive subsample and the negatives (default 0)")
     p.add_argument("--batch-size", type=batch_size, default=32, help="prompts per batch, or 'auto' (default 32)")
@@ -72,6 +86,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda if available)")
     p.add_argument("--device-map", default=None, help="e.g. auto: shard a big model over the visible GPUs")
     p.add_argument("--revision", default=None, help="model revision on the hub")
+    p.add_argument("--gguf-file", default=None, metavar="NAME", help="with --model a folder: the GGUF file in it to load")
     p.add_argument(
         "--no-filter",
         action="store_true",

@@ -15,7 +15,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     cfg = ReproduceConfig(
         model=args.model, neuron_sets=args.neuron_sets, suite=args.suite, out=args.out, relations=args.relations,
         seeds=args.seeds, ks=args.ks, limit=args.limit, det_limit=args.det_limit, quick=args.quick,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype, lre_dir=args.lre_dir,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, lre_dir=args.lre_dir, gguf_file=args.gguf_file,
         command=command_line(args), progress=not args.quiet, verbose=args.verbose,
     )
     from relspec_lmeval.experiments.runner import reproduce  # imports lm-eval: only when run
@@ -44,6 +44,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=batch_size, default=16, help="lm-eval batch size, or 'auto' (default 16)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: lm-eval's, cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--gguf-file", default=None, metavar="NAME", help="with --model a folder: the GGUF file in it to load")
     p.add_argument("--lre-dir", default=None, help="folder of the LRE files (else RELSPEC_LRE_DIR or the download cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="show lm-eval's own logs and progress bars")

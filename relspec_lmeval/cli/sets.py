@@ -31,6 +31,10 @@ def _cmd_info(args: argparse.Namespace) -> None:
             f"  model      {model.get('name', '-')} ({model.get('model_type', '?')}, {model.get('num_layers', '?')} layers, "
             f"hidden {model.get('hidden_size', '?')}, ffn {model.get('intermediate_size', '?')}, config {model.get('config_hash', '?')})"
         )
+        data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        if "positives" in data:
+            print(f"  prompts    {data['positives']} positives, {data.get('negatives', '?')} negatives "
+                  f"({data.get('correct', '?')} of {data.get('det_prompts', '?')} P^det prompts answered correctly)")
         print(f"  made by    relspec-lmeval {meta.get('package_version', '?')}: {meta.get('command', '-')}")
         print(f"  means      {'yes' if summary['has_means'] else 'no'}   scores {'yes' if summary['has_scores'] else 'no'}")
         print("  per layer  " + "  ".join(f"L{layer}:{sum(c.values())}" for layer, c in summary["count_per_layer"].items()))
@@ -41,7 +45,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     cfg = ExportConfig(
         model=args.model, neuron_set=args.neuron_set, out=args.out, mode=args.mode, factor=args.factor,
-        revision=args.revision, dtype=args.dtype, force=args.force, allow_empty=args.allow_empty,
+        revision=args.revision, gguf_file=args.gguf_file, dtype=args.dtype, force=args.force, allow_empty=args.allow_empty,
         command=command_line(args),
     )
     folder, count = export_checkpoint(cfg)
@@ -84,6 +88,7 @@ def add_parsers(sub: Any) -> None:
     export.add_argument("--mode", default="zero", choices=["zero", "scale"])
     export.add_argument("--factor", type=float, default=None, help="with --mode scale")
     export.add_argument("--revision", default=None)
+    export.add_argument("--gguf-file", default=None, metavar="NAME", help="with --model a folder: the GGUF file in it")
     export.add_argument("--dtype", default="auto", help=f"{', '.join(DTYPES)} (or bf16, fp16, fp32)")
     export.add_argument("--force", action="store_true", help="replace a folder an earlier relspec export wrote")
     export.add_argument("--allow-empty", action="store_true", help="accept a set with no neurons")

@@ -62,6 +62,7 @@ class ReproduceConfig:
     device: str | None = None
     dtype: str = "auto"
     lre_dir: str | None = None
+    gguf_file: str | None = None  # with model a folder: the GGUF file in it
     command: str | None = None
     progress: bool = True
     verbose: bool = False  # let lm-eval's own logs and progress bars through
@@ -256,7 +257,7 @@ def prepare(cfg: ReproduceConfig) -> Inputs:
             f"{sets_dir} has no neuron set for {', '.join(missing)} (expected <relation>.safetensors from relspec identify; "
             "or pass --relations)"
         )
-    config = load_config(cfg.model)
+    config = load_config(cfg.model, gguf_file=cfg.gguf_file)
     shape = ModelShape.from_config(config)
     main = {r: folder.set_path(r) for r in relations}
     loaded = {r: _load_checked(p, shape) for r, p in main.items()}
@@ -323,7 +324,7 @@ def build_plan(inp: Inputs) -> list[Run]:
     for sets, (conds, tasks) in merged.items():
         digests = [shas.setdefault(p, file_sha256(p)) for p in sets]
         for limit, names in tasks.items():
-            key = {"model": inp.cfg.model, "config": inp.config_hash, "dtype": inp.cfg.dtype, "mode": "zero", "sets": digests,
+            key = {"model": inp.cfg.model, **({"gguf_file": inp.cfg.gguf_file} if inp.cfg.gguf_file else {}), "config": inp.config_hash, "dtype": inp.cfg.dtype, "mode": "zero", "sets": digests,
                    "tasks": sorted(names), "limit": limit, "package_version": __version__}
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
             docs = sum(min(inp.docs[t], limit) if limit else inp.docs[t] for t in names)

@@ -24,6 +24,7 @@ from relspec_lmeval.experiments.study import Condition, Measurement, SetStats, S
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.util.files import atomic_write_text
 from relspec_lmeval.util.hashing import file_sha256
+from relspec_lmeval.util.progress import progress
 
 __all__ = ["collect", "evaluate_run", "lm_eval_command", "load_lm", "reproduce", "run_plan"]
 
@@ -53,6 +54,8 @@ def load_lm(cfg: ReproduceConfig):
     from relspec_lmeval.lm.hflm import RelspecHFLM  # imports lm-eval: only when runs are due
 
     kwargs: dict[str, Any] = {"dtype": cfg.dtype, "batch_size": cfg.batch_size}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
     if cfg.device:
         kwargs["device"] = cfg.device
     return RelspecHFLM(pretrained=cfg.model, **kwargs)
@@ -60,7 +63,7 @@ def load_lm(cfg: ReproduceConfig):
 
 def lm_eval_command(cfg: ReproduceConfig, run: Run) -> str:
     """The ``lm_eval`` command line that gives the same numbers."""
-    model_args = f"pretrained={cfg.model}" + (f",neuron_set={'+'.join(run.sets)}" if run.sets else "") + f",dtype={cfg.dtype}"
+    model_args = f"pretrained={cfg.model}" + (f",gguf_file={cfg.gguf_file}" if cfg.gguf_file else "") + (f",neuron_set={'+'.join(run.sets)}" if run.sets else "") + f",dtype={cfg.dtype}"
     argv = ["lm_eval", "--model", "relspec-hf", "--model_args", model_args, "--tasks", ",".join(run.tasks),
             "--batch_size", str(cfg.batch_size)]
     argv += ["--limit", str(run.limit)] if run.limit else []
@@ -95,7 +98,6 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
     """Run every run without a stored result; returns how many ran."""
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
-    from tqdm import tqdm
 
     runs_dir = inp.out / "runs"
     todo = [run for run in plan if not (runs_dir / f"{run.id}.json").is_file()]
@@ -105,8 +107,7 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
     lm = load_lm(cfg)
     task_manager = TaskManager(include_defaults=False, metadata={"lre_dir": cfg.lre_dir} if cfg.lre_dir else None)
     done = sum(run.docs for run in plan) - sum(run.docs for run in todo)
-    bar = tqdm(total=sum(run.docs for run in plan), initial=done, unit="doc", desc="relspec reproduce", disable=not cfg.progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress(sum(run.docs for run in plan), "relspec reproduce", cfg.progress, unit="doc", initial=done)
     with bar, _lm_eval_session():
         for run in todo:
             bar.set_postfix_str(f"{run.conditions[0].label()} ({len(run.tasks)} tasks)")

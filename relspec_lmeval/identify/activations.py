@@ -30,6 +30,7 @@ from torch import nn
 from relspec_lmeval.errors import ModelError
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
+from relspec_lmeval.util.progress import progress
 
 # ---------------------------------------------------------------------------- processes
 
@@ -251,9 +252,7 @@ def forward_kwargs(model: nn.Module) -> dict[str, Any]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="prompt", disable=not enabled or None, leave=False, dynamic_ncols=True)
+    return progress(total, desc, enabled, leave=False)
 
 
 def _check_finite(values: torch.Tensor, what: str) -> None:

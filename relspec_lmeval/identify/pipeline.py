@@ -20,6 +20,7 @@ Everything that can be checked without the model is checked before it is loaded.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -117,11 +118,11 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     selected = requested or pool.relations
     if not selected:
         raise DataError(f"no relations found in --data {cfg.data!r}")
-    config = load_config(cfg.model, cfg.revision)
+    config = load_config(cfg.model, cfg.revision, cfg.gguf_file)
     shape = ModelShape.from_config(config)
     if cfg.k > shape.total:
         raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r}")
-    model_block = model_metadata(config, cfg.model, cfg.revision)
+    model_block = model_metadata(config, cfg.model, cfg.revision, gguf_file=cfg.gguf_file)
     out = Path(cfg.out)
     check_out_dir(out, model_block, cfg.force)
     return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out))
@@ -141,7 +142,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     pool, shape = run.pool, run.shape
     processes = Processes()
     device_name = cfg.device or (str(processes.device) if processes.device else None)
-    model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map)
+    model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map,
+                                  gguf_file=cfg.gguf_file, progress=cfg.progress)
     find_mlps(model)
     device = model.get_input_embeddings().weight.device
     encoded = {r: encode_prompts(tokenizer, [d["prompt"] for d in docs]) for r, docs in pool.docs.items()}
@@ -166,11 +168,17 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     if texts is not None:
         for (r, i), text in zip(flat, texts):
             correct[r][i] = is_correct(first_line(text), pool.docs[r][i]["golds"])
-    empty = [r for r in run.selected if not any(correct[r])]
-    if empty:
-        detail = "; ".join(f"{r}: 0 of {len(pool.docs[r])} P^det prompts answered correctly" for r in empty)
+    minimum = cfg.min_positives_needed
+    skipped = {
+        r: f"{sum(correct[r])} of {len(pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
+        for r in run.selected if sum(correct[r]) < minimum
+    }
+    todo = [r for r in run.selected if r not in skipped]
+    if not todo:
+        detail = "; ".join(f"{r}: {why}" for r, why in skipped.items())
         raise DataError(
-            f"empty positive set: {detail}. Leave these relations out (--relations), or use --no-filter to keep every prompt"
+            f"no relation has enough positives to identify: {detail}. Lower --min-positives, leave these relations out "
+            "(--relations), or use --no-filter to keep every prompt"
         )
 
     parameters = {
@@ -183,6 +191,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": device.type,
         "filter": f"greedy-{MAX_NEW_TOKENS}" if cfg.filter else "none",
+        "min_positives": minimum,
         "template_set": cfg.template_set,
         "language": cfg.language,
     }
@@ -197,11 +206,11 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     }
     budget = memory_budget(cfg, device)
     results: list[RelationResult] = []
-    summary = build_summary(results, pool, run.model_block, parameters, cfg.command, shape)
     env = environment(device)
+    summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped}
 
     # 2.-4. per relation: positives/negatives, statistics pass, AP, top-k
-    for relation in run.selected:
+    for relation in todo:
         positives, negatives = choose_prompts(pool, correct, relation, cap=cfg.cap, negative_ratio=cfg.negative_ratio, seed=cfg.seed)
         result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), len(positives), len(negatives))
         items = positives + negatives
@@ -242,7 +251,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         neuron_set = scores.to_neuron_set(cfg.k, cfg.select, {**meta, "k": cfg.k, "select": cfg.select})
         result.neuron_set = neuron_set
         result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
-        summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env}
+        summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env,
+                   "skipped": skipped}
         with StagedFiles() as staged:  # the relation's scores, set and summary appear together
             save_scores(scores, result.scores_path, staged)
             neuron_set.save(result.set_path, staged)
@@ -250,5 +260,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
 
     if processes.is_main and cfg.print_table:
         print(format_table(summary, timings, results))
+    if processes.is_main and skipped:
+        for relation, why in skipped.items():  # where users look: the end of the output, on stderr
+            print(f"relspec identify: skipped {relation}: {why}", file=sys.stderr)
     processes.barrier()
     return summary

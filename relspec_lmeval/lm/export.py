@@ -38,6 +38,7 @@ class ExportConfig:
     mode: str = "zero"
     factor: float | None = None
     revision: str | None = None
+    gguf_file: str | None = None
     dtype: str = "auto"
     force: bool = False
     allow_empty: bool = False
@@ -89,10 +90,10 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     dtype = parse_dtype(cfg.dtype)
     sets = load_sets(cfg.neuron_set)
     target = check_export_target(cfg.out, cfg.force)
-    shape = ModelShape.from_config(load_config(cfg.model, cfg.revision))
+    shape = ModelShape.from_config(load_config(cfg.model, cfg.revision, cfg.gguf_file))
     for s in sets:  # before the (slow) weight load
         s.validate(shape, allow_empty=cfg.allow_empty)
-    source = resolve_pretrained(cfg.model)
+    source = resolve_pretrained(cfg.model, cfg.gguf_file)  # a GGUF model: its cached plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)
     merged = union_all(sets)
@@ -100,6 +101,7 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     provenance: dict[str, Any] = {
         "package_version": __version__,
         "source_model": str(cfg.model),
+        "gguf_file": cfg.gguf_file,
         "sets": [{"path": str(s.path), "sha256": s.sha256(), "count": len(s)} for s in sets],
         "mode": spec.mode,
         "factor": spec.factor,

@@ -69,10 +69,12 @@ class RelspecHFLM(HFLM):
         self.relspec_allow_empty = _flag(allow_empty, "allow_empty")
         self.relspec_sets: list[NeuronSet] = [] if neuron_set is _NOT_GIVEN else load_sets(neuron_set)
         self.relspec_ablation: Ablation | None = None
+        gguf_file = kwargs.pop("gguf_file", None)  # a GGUF model loads from its cached plain checkpoint
         if self.relspec_sets and isinstance(pretrained, str):
-            config = load_config(pretrained, kwargs.get("revision"))
+            config = load_config(pretrained, kwargs.get("revision"), gguf_file)
             self._check_sets(self.relspec_sets, ModelShape.from_config(config))
-        super().__init__(pretrained=resolve_pretrained(pretrained), **kwargs)
+        self.relspec_source = {"pretrained": str(pretrained), "gguf_file": gguf_file} if gguf_file else None
+        super().__init__(pretrained=resolve_pretrained(pretrained, gguf_file), **kwargs)
         if self.relspec_sets:
             self.set_neuron_sets(self.relspec_sets)
 
@@ -112,6 +114,7 @@ class RelspecHFLM(HFLM):
         """The documented ``relspec`` block of the results JSON (see docs/file-format.md)."""
         return {
             "package_version": __version__,
+            **({"model_source": self.relspec_source} if getattr(self, "relspec_source", None) else {}),
             "sets": [
                 {
                     "path": str(s.path),

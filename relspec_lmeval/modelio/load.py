@@ -52,17 +52,27 @@ def load_config(model: str, revision: str | None = None, gguf_file: str | None =
 
 def load_model(
     model: str, *, revision: str | None = None, dtype: str = "auto", device: str | None = None, device_map: str | None = None,
-    gguf_file: str | None = None,
+    gguf_file: str | None = None, progress: bool = True,
 ) -> tuple[Any, Any]:
-    """The model (eval mode, placed on ``device`` or by ``device_map``) and its tokenizer."""
+    """The model (eval mode, placed on ``device`` or by ``device_map``) and its tokenizer.
+
+    ``progress=False`` also silences transformers' own loading bars (``--quiet``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     source = resolve_pretrained(model, gguf_file)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": parse_dtype(dtype)}
     if device_map:
         kwargs["device_map"] = device_map
-    loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    finally:
+        if bars and not progress:
+            hf_logging.enable_progress_bar()
     if not device_map:
         loaded.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     loaded.eval()

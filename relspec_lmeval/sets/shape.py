@@ -127,12 +127,13 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_metadata(config: Any, name: str, revision: str | None = None) -> dict[str, Any]:
+def model_metadata(config: Any, name: str, revision: str | None = None, gguf_file: str | None = None) -> dict[str, Any]:
     """The ``model`` block of a set's metadata for a transformers config."""
     shape = ModelShape.from_config(config)
     return {
         "name": name,
         "revision": revision,
+        **({"gguf_file": gguf_file} if gguf_file else {}),
         "config_hash": config_fingerprint(config),
         "architecture": (getattr(config, "architectures", None) or [None])[0],
         "model_type": shape.model_type,
