@@ -287,7 +287,7 @@ def test_cli_identify_random_select(tiny_llama_dir, data_dir, tmp_path, capsys):
     assert len(s) == 12 and "identify" in s.metadata["command"] and s.metadata["parameters"]["batch_size"] == 8
 
     assert cli_main(["random", "--like", str(out / "landmark_country.safetensors"), "--seeds", "3", "--layer-matched"]) == 0
-    controls = [NeuronSet.load(out / "random" / f"landmark_country-seed{n}.safetensors") for n in range(3)]
+    controls = [NeuronSet.load(out / "random" / f"landmark_country-layer-seed{n}.safetensors") for n in range(3)]
     assert all(c.count_per_layer() == s.count_per_layer() and c.has_means for c in controls)
     assert controls[0].keys() != controls[1].keys() and controls[0].metadata["seed"] == 0
     assert cli_main(["random", "--like", str(out / "landmark_country.safetensors"), "--seeds", "1", "--out", str(tmp_path / "r")]) == 0

@@ -124,7 +124,7 @@ def test_duplicates_dropped_and_multi_object_subjects_keep_all_golds():
         want = list(dict.fromkeys(s["object"] for s in _samples("person_plays_instrument") if s["subject"] == doc["subject"]))
         assert doc["golds"] == want
     multi = [d for d in build_docs("person_plays_instrument") if len(d["golds"]) > 1]
-    assert multi and process_results(multi[0], [" " + multi[0]["golds"][1]]) == {"acc": 1.0}
+    assert multi and process_results(multi[0], [" " + multi[0]["golds"][1]]) == {"acc": 1.0, "acc_lenient": 1.0}
 
 
 def test_split_does_not_depend_on_file_order(tmp_path):
@@ -297,3 +297,27 @@ def test_download_fills_the_cache_and_checks_sums(monkeypatch, tmp_path):
     assert folder == lre_data.cache_dir() and len(list(folder.glob("*.json"))) == 26
     monkeypatch.setenv("RELSPEC_OFFLINE", "1")  # the filled cache needs no network
     assert docs_hash(build_docs("company_ceo")) == PINNED["company_ceo"][0]
+
+
+@pytest.mark.parametrize(
+    ("generated", "golds", "expected"),
+    [
+        (" Antarctica.", ["Antarctica"], True),  # gemma: one word token, then "."
+        (" Paris,", ["Paris"], True),
+        (" Microsoft Corporation", ["Microsoft"], True),  # the gold, then a word boundary
+        (" Tim Cook.", ["Tim Cook"], True),
+        (" Par", ["Paris"], True),  # still a prefix
+        (" Parisian", ["Paris"], False),  # no word boundary after the gold
+        (" Paris2", ["Paris"], False),
+        (" paris.", ["Paris"], False),  # still case-sensitive
+        (" .", ["Paris"], False),  # nothing left after the punctuation
+        ("", ["Paris"], False),
+        (" London.", ["Paris"], False),
+    ],
+)
+def test_is_correct_lenient(generated, golds, expected):
+    from relspec_lmeval.data.metrics import is_correct_lenient
+
+    assert is_correct_lenient(generated, golds) is expected
+    if expected is False:
+        assert is_correct(generated, golds) is False  # lenient never rejects what the paper accepts

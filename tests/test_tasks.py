@@ -74,7 +74,7 @@ def test_groups_load_with_their_docs(task_manager):
         assert [(m.metric, m.weight_by_size) for m in group.aggregate_metric_list] == (
             [("word_perplexity", False), ("byte_perplexity", False), ("bits_per_byte", False)]
             if name == "relation_ppl"
-            else [("acc", False)]
+            else [("acc", False), ("acc_lenient", False)]
         )
     by_name = loaded["tasks"]
     assert len(by_name) == 8 * 12

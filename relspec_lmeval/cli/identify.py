@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from relspec_lmeval.cli.common import batch_size, command_line
+from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.identify.config import DEFAULT_CAP, DEFAULT_K, DEFAULT_MIN_POSITIVES, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
 
 __all__ = ["add_parser"]
@@ -34,6 +35,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         revision=args.revision,
         gguf_file=args.gguf_file,
         filter=not args.no_filter,
+        correct_metric=args.correct_metric,
         template_set=args.template_set,
         language=args.language,
         lre_dir=args.lre_dir,
@@ -91,6 +93,11 @@ def add_parser(sub: Any) -> None:
         "--no-filter",
         action="store_true",
         help="keep every P^det prompt as a positive (no correctness filter); recorded as filter=none",
+    )
+    p.add_argument(
+        "--correct-metric", default="acc", choices=sorted(METRICS),
+        help="which answers count as correct for the positives: acc (the paper's prefix check, default) or acc_lenient "
+        "(also without trailing punctuation, or a gold then a word boundary; docs/tasks.md)",
     )
     p.add_argument("--template-set", default="main", help="with a data folder: main or t2 (default main)")
     p.add_argument("--language", default="en", help="with a data folder: prompt language (default en)")

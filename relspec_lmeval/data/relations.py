@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.data.lre import resolve_lre_dir
+from relspec_lmeval.data.metrics import is_correct, process_results  # noqa: F401  (re-exported: the task hooks)
 from relspec_lmeval.data.templates import (
     ANSWER_AFFIXES,
     MULTILINGUAL_TEMPLATES,
@@ -208,16 +209,7 @@ def build_ppl_docs(relation: str, data_dir: str | Path | None = None) -> list[di
     ]
 
 
-# ---------------------------------------------------------------- metric and provenance
-
-
-def is_correct(generated: str, golds: Iterable[str]) -> bool:
-    """The paper's metric: the stripped generation is a non-empty prefix of a gold.
-
-    Case-sensitive and character-based, so " Par" counts for "Paris" and "Paris." does not.
-    """
-    answer = generated.strip()
-    return bool(answer) and any(gold.strip().startswith(answer) for gold in golds)
+# ---------------------------------------------------------------- provenance
 
 
 def docs_hash(docs: Iterable[Mapping[str, Any]]) -> str:
@@ -265,7 +257,3 @@ def custom_ppl_dataset(
 ):
     """lm-eval ``custom_dataset`` for the relation-neutral perplexity tasks."""
     return _as_dataset(build_ppl_docs(relation, _task_data_dir(data_dir, lre_dir)))
-
-
-def process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    return {"acc": float(is_correct(results[0], doc["golds"]))}

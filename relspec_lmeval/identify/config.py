@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.errors import UsageError
 from relspec_lmeval.sets.scores import SELECT_MODES
 
@@ -43,6 +44,7 @@ class IdentifyConfig:
     revision: str | None = None
     gguf_file: str | None = None  # with model a folder: the GGUF file in it (converted once, cached)
     filter: bool = True
+    correct_metric: str = "acc"  # the paper's prefix check, or acc_lenient (data.metrics)
     template_set: str = "main"
     language: str = "en"
     lre_dir: str | None = None
@@ -66,6 +68,8 @@ class IdentifyConfig:
             raise UsageError(f"--select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}")
         if self.cap < 1:
             raise UsageError(f"--cap must be at least 1, got {self.cap}")
+        if self.correct_metric not in METRICS:
+            raise UsageError(f"--correct-metric must be one of {', '.join(METRICS)}, got {self.correct_metric!r}")
         if self.min_positives is not None and self.min_positives < 1:
             raise UsageError(f"--min-positives must be at least 1, got {self.min_positives}")
         if self.negative_ratio < 1:

@@ -83,7 +83,7 @@ def random_sets(
 ) -> list[Path]:
     """Random controls: for each seed, as many random neurons as each ``like`` set.
 
-    Files go to ``<out>/random/<relation>-seed<N>.safetensors`` (default ``out``: the set's
+    Files go to ``<out>/random/<relation>[-layer]-seed<N>.safetensors`` (default ``out``: the set's
     folder; the working directory for a shipped set). Means and scores come from the set's
     scores file when there is one. Raises ``NeuronSetError`` for a set that does not fit its
     shape, ``UsageError`` for no seeds, ``OutputError`` for a shipped ``out``.
@@ -124,7 +124,7 @@ def random_sets(
                     "command": command,
                 }
                 result = NeuronSet(grouped, metadata, scores=extra["scores"], means=extra["means"])
-                written.append(result.save(folder.random_path(relation, seed), staged))
+                written.append(result.save(folder.random_path(relation, seed, layer_matched), staged))
     return written
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval import __version__
-from relspec_lmeval.data.relations import docs_hash, is_correct
+from relspec_lmeval.data.metrics import METRICS
+from relspec_lmeval.data.relations import docs_hash
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
 from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, generate_with_means, pad_token_id
 from relspec_lmeval.identify.ap import average_precision_chunked
@@ -166,8 +167,9 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     means = (total / len(flat)).to(torch.float32)
     correct: dict[str, list[bool]] = {r: [True] * len(docs) for r, docs in pool.docs.items()}
     if texts is not None:
+        check = METRICS[cfg.correct_metric]
         for (r, i), text in zip(flat, texts):
-            correct[r][i] = is_correct(first_line(text), pool.docs[r][i]["golds"])
+            correct[r][i] = check(first_line(text), pool.docs[r][i]["golds"])
     minimum = cfg.min_positives_needed
     skipped = {
         r: f"{sum(correct[r])} of {len(pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
@@ -191,6 +193,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": device.type,
         "filter": f"greedy-{MAX_NEW_TOKENS}" if cfg.filter else "none",
+        **({"correct_metric": cfg.correct_metric} if cfg.filter and cfg.correct_metric != "acc" else {}),
         "min_positives": minimum,
         "template_set": cfg.template_set,
         "language": cfg.language,

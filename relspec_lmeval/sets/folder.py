@@ -6,6 +6,7 @@ A sets folder is what ``relspec identify --out`` writes and ``relspec reproduce
     <root>/<relation>.safetensors              the relation's set (top k)
     <root>/scores/<relation>.safetensors       every neuron's score and mean
     <root>/random/<relation>-seed<N>.safetensors   random controls like the set
+    <root>/random/<relation>-layer-seed<N>.safetensors   the same, drawn per (layer, site)
     <root>/k<N>[-both][-skip<S>]/<relation>.safetensors   re-cuts by ``relspec select``
     <root>/summary.json                        what identify did, per relation
 """
@@ -48,8 +49,9 @@ class SetsFolder:
     def scores_path(self, relation: str) -> Path:
         return self.root / SCORES_DIR / f"{relation}{SUFFIX}"
 
-    def random_path(self, relation: str, seed: int) -> Path:
-        return self.root / RANDOM_DIR / f"{relation}-seed{seed}{SUFFIX}"
+    def random_path(self, relation: str, seed: int, layer_matched: bool = False) -> Path:
+        kind = "-layer" if layer_matched else ""  # both kinds of control can live side by side
+        return self.root / RANDOM_DIR / f"{relation}{kind}-seed{seed}{SUFFIX}"
 
     def cut(self, k: int, select: str = "top", skip: int = 0) -> SetsFolder:
         """The sub-folder holding the sets re-cut at ``k`` (itself laid out like a sets folder)."""
