@@ -77,8 +77,33 @@ metadata:
 """
 
 
+CHOICE_BASE = HEADER + f"""\
+# The recall prompts as multiple choice: the gold object among up to 9 other objects of the
+# relation (data/choice.py), scored by log-likelihood; chance level per relation: docs/tasks.md.
+output_type: multiple_choice
+custom_dataset: !function utils.custom_choice_dataset
+test_split: test
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: choices
+doc_to_target: target
+num_fewshot: 0
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: {VERSION}
+"""
+
+BASES = {"recall": "_recall_base.yaml", "ppl": "_ppl_base.yaml", "choice": "_choice_base.yaml"}
+GROUP_METRICS = {"recall": ("acc", "acc_lenient"), "ppl": ("word_perplexity", "byte_perplexity", "bits_per_byte"), "choice": ("acc", "acc_norm")}
+
+
 def _task_yaml(group: GroupSpec, relation: str) -> str:
-    base = "_ppl_base.yaml" if group.kind == "ppl" else "_recall_base.yaml"
+    base = BASES[group.kind]
     kwargs = group.dataset_kwargs(relation)
     lines = [f"include: ../{base}", f"task: {group.name}_{relation}", "dataset_kwargs:"]
     lines += [f"  {key}: {value}" for key, value in kwargs.items()]
@@ -86,7 +111,7 @@ def _task_yaml(group: GroupSpec, relation: str) -> str:
 
 
 def _group_yaml(group: GroupSpec) -> str:
-    metrics = ("word_perplexity", "byte_perplexity", "bits_per_byte") if group.kind == "ppl" else ("acc", "acc_lenient")
+    metrics = GROUP_METRICS[group.kind]
     lines = [f"group: {group.name}", "task:"]
     lines += [f"  - {group.name}_{relation}" for relation in group.relations]
     # unweighted: the mean over relations, as the paper reports it
@@ -99,7 +124,7 @@ def _group_yaml(group: GroupSpec) -> str:
 
 def render() -> dict[str, str]:
     """Relative path under tasks/ → file text, for every generated file."""
-    files = {"_recall_base.yaml": RECALL_BASE, "_ppl_base.yaml": PPL_BASE}
+    files = {"_recall_base.yaml": RECALL_BASE, "_ppl_base.yaml": PPL_BASE, "_choice_base.yaml": CHOICE_BASE}
     for group in GROUPS:
         files[f"{group.name}/{group.name}.yaml"] = _group_yaml(group)
         for relation in group.relations:

@@ -50,6 +50,7 @@ __all__ = [
     "docs_hash",
     "is_correct",
     "process_results",
+    "relation_objects",
     "resolve_lre_dir",
 ]
 
@@ -195,6 +196,13 @@ def build_docs(
     return [doc(subject, t) for subject in det for t in range(len(templates))]
 
 
+def relation_objects(relation: str, data_dir: str | Path | None = None) -> list[str]:
+    """Every distinct object of the relation (all subjects, both splits), in file order."""
+    _, path, raw, _ = _load_relation(relation, data_dir)
+    _, _, golds = _split(path.stem, raw["samples"])
+    return list(dict.fromkeys(obj for objects in golds.values() for obj in objects))
+
+
 def build_ppl_docs(relation: str, data_dir: str | Path | None = None) -> list[dict]:
     """The relation-neutral sentence filled with up to 50 distinct objects of P^det."""
     name, path, raw, spec = _load_relation(relation, data_dir)
@@ -220,7 +228,7 @@ def docs_hash(docs: Iterable[Mapping[str, Any]]) -> str:
 # ---------------------------------------------------------------- lm-eval hooks
 
 
-def _task_data_dir(data_dir: str | None, lre_dir: str | None) -> Path:
+def task_data_dir(data_dir: str | None, lre_dir: str | None) -> Path:
     """A task's ``data_dir`` (relative: to the package's resource folders), else LRE."""
     if not data_dir:
         return resolve_lre_dir(lre_dir)
@@ -232,7 +240,7 @@ def _task_data_dir(data_dir: str | None, lre_dir: str | None) -> Path:
     return resolve_lre_dir(path)
 
 
-def _as_dataset(docs: list[dict]):
+def as_dataset(docs: list[dict]):
     import datasets
 
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
@@ -248,12 +256,12 @@ def custom_dataset(
     **_metadata: Any,  # lm-eval passes model args and the task's metadata too
 ):
     """lm-eval ``custom_dataset`` for recall tasks; ``dataset_kwargs`` pick the docs."""
-    folder = _task_data_dir(data_dir, lre_dir)
-    return _as_dataset(build_docs(relation, split, template_set, language, folder))
+    folder = task_data_dir(data_dir, lre_dir)
+    return as_dataset(build_docs(relation, split, template_set, language, folder))
 
 
 def custom_ppl_dataset(
     relation: str, data_dir: str | None = None, lre_dir: str | None = None, **_metadata: Any
 ):
     """lm-eval ``custom_dataset`` for the relation-neutral perplexity tasks."""
-    return _as_dataset(build_ppl_docs(relation, _task_data_dir(data_dir, lre_dir)))
+    return as_dataset(build_ppl_docs(relation, task_data_dir(data_dir, lre_dir)))

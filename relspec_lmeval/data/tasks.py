@@ -31,7 +31,7 @@ class GroupSpec:
     """One lm-eval group: a task per relation, all with the same docs settings."""
 
     name: str
-    kind: str = "recall"  # "recall" (generate_until, acc) or "ppl" (loglikelihood_rolling)
+    kind: str = "recall"  # "recall" (generate_until, acc), "choice" (multiple_choice) or "ppl" (loglikelihood_rolling)
     split: str = "eva"
     template_set: str = "main"
     language: str = "en"
@@ -44,7 +44,7 @@ class GroupSpec:
     def dataset_kwargs(self, relation: str) -> dict[str, Any]:
         """What the task YAML passes to ``relations.custom_dataset`` / ``custom_ppl_dataset``."""
         kwargs: dict[str, Any] = {"relation": relation}
-        if self.kind == "recall":
+        if self.kind in ("recall", "choice"):
             kwargs |= {"split": self.split, "template_set": self.template_set, "language": self.language}
         if self.data_dir:
             kwargs["data_dir"] = self.data_dir
@@ -56,12 +56,14 @@ GROUPS: tuple[GroupSpec, ...] = (
     GroupSpec("relation_recall_det", split="det"),
     GroupSpec("relation_recall_t2", template_set="t2"),
     GroupSpec("relation_ppl", kind="ppl"),
+    GroupSpec("relation_choice", kind="choice"),
     *(GroupSpec(f"relation_recall_{lang}", language=lang) for lang in LANGUAGES),
     # relspec-tiny's synthetic world (scripts/make_world.py), shipped with the model
     GroupSpec("relation_recall_synthetic", data_dir=SYNTHETIC_DATA),
     GroupSpec("relation_recall_synthetic_det", split="det", data_dir=SYNTHETIC_DATA),
     GroupSpec("relation_recall_synthetic_t2", template_set="t2", data_dir=SYNTHETIC_DATA),
     GroupSpec("relation_ppl_synthetic", kind="ppl", data_dir=SYNTHETIC_DATA),
+    GroupSpec("relation_choice_synthetic", kind="choice", data_dir=SYNTHETIC_DATA),
 )
 _BY_NAME = {g.name: g for g in GROUPS}
 
