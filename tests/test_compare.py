@@ -172,13 +172,13 @@ def test_values_tests_and_hashes(runs, capsys):
     ablated = json.loads(results_file(runs["ablated"]).read_text())["results"]
     rows = rows_by_key(report)
     expected = {(t, *k.split(",")) for t in original for k, v in original[t].items() if "," in k and "_stderr," not in k and isinstance(v, float)}
-    assert set(rows) == expected and len(rows) == 9
+    assert set(rows) == expected and len(rows) == 10  # acc_lenient beside acc in the recall task
     for (task, metric, filt), row in rows.items():
         assert row["baseline"] == original[task][f"{metric},{filt}"] and row["value"] == ablated[task][f"{metric},{filt}"]
         assert row["diff"] == row["value"] - row["baseline"]
     tests = {key: row["test"] for key, row in rows.items()}
     assert tests[("cmp_mc", "acc", "none")] == tests[("cmp_mc", "acc_norm", "none")] == "mcnemar"
-    assert tests[("relation_recall_company_ceo", "acc", "none")] == "mcnemar"
+    assert tests[("relation_recall_company_ceo", "acc", "none")] == tests[("relation_recall_company_ceo", "acc_lenient", "none")] == "mcnemar"
     assert tests[("cmp_mc_prob", "p_gold", "none")] == "bootstrap"
     assert tests[("cmp_group", "acc", "none")] == "stderr"  # a group: no samples, a pooled stderr
     assert tests[("relation_ppl_company_ceo", "word_perplexity", "none")] == "bootstrap-weighted"  # stderr N/A
@@ -299,7 +299,7 @@ def test_csv_out_file_and_plot(runs, tmp_path, capsys):
     assert main([*argv, "--format", "csv", "--out", str(tmp_path / "t.csv"), "--plot", str(tmp_path / "t.png")]) == 0
     assert capsys.readouterr().out == ""
     table = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
-    assert len(table) == 9 and {r["run_sha256"] for r in table} == {NeuronSet.load(runs["set"]).sha256()}
+    assert len(table) == 10 and {r["run_sha256"] for r in table} == {NeuronSet.load(runs["set"]).sha256()}
     assert {r["baseline_sha256"] for r in table} == {"none"}
     assert all(r["significant"] == ("" if r["p"] == "" else str(float(r["p"]) < 0.9)) for r in table)
     assert any(r["significant"] == "True" for r in table)

@@ -97,7 +97,8 @@ def reference_identify(model_dir: Path, data: Path, relation: str, k: int, selec
     else:
         rest = order[k - k // 2 :]
         chosen = order[: k - k // 2] + sorted(rest, key=lambda j: (ap[j], keys[j][0], SITES.index(keys[j][1]), keys[j][2]))[: k // 2]
-    all_rows = [neuron_values(d["prompt"]) for docs in pool.docs.values() for d in docs]
+    # the means are over the P^det the run passes through: the identified relation's (#14)
+    all_rows = [neuron_values(d["prompt"]) for d in pool.docs[relation]]
     means = [sum(row[j] for row in all_rows) / len(all_rows) for j in range(len(keys))]
     return {keys[j] for j in chosen}, dict(zip(keys, ap)), dict(zip(keys, means))
 

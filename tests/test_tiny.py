@@ -193,10 +193,12 @@ def test_shipped_scores_are_reproduced_bit_for_bit(tmp_path):
     if result.returncode == 77:
         pytest.skip(f"this CPU cannot run torch's {env['cpu_capability']} kernels")
     assert result.returncode == 0, result.stderr
+    # AP, indices and the set's scores are bit for bit; the means are over the P^det a run
+    # passes through (one relation here, all twelve in the shipped run), so they are not compared
     for name in ("scores/person_pro_sport.safetensors", "person_pro_sport.safetensors"):
         ours, shipped = load_file(tmp_path / name), load_file(SETS / name)
         assert ours.keys() == shipped.keys()
-        assert all(torch.equal(ours[key], shipped[key]) for key in shipped), name
+        assert all(torch.equal(ours[key], shipped[key]) for key in shipped if not key.endswith(".means")), name
 
 
 # ---------------------------------------------------------------- tasks over the world

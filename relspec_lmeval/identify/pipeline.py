@@ -119,7 +119,7 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     selected = requested or pool.relations
     if not selected:
         raise DataError(f"no relations found in --data {cfg.data!r}")
-    config = load_config(cfg.model, cfg.revision, cfg.gguf_file)
+    config = load_config(cfg.model, cfg.revision, cfg.gguf_file, cfg.progress)
     shape = ModelShape.from_config(config)
     if cfg.k > shape.total:
         raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r}")
@@ -153,8 +153,11 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     pad = pad_token_id(tokenizer)
     timings: dict[str, float] = {}
 
-    # 1. correctness filter over all of P^det (its prefill also sums every neuron's prompt means)
-    flat = pool.flat()
+    # 1. correctness filter over the P^det of the relations asked for (negatives are not
+    # validated, as in the paper, so the rest of the pool is never generated from); its
+    # prefill also sums every neuron's prompt means over those prompts
+    selected = set(run.selected)
+    flat = [(r, i) for r, i in pool.flat() if r in selected]
     all_encoded = [encoded[r][i] for r, i in flat]
     start = time.perf_counter()
     texts, total = batch.run(
@@ -165,6 +168,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     )
     timings["filter_and_means"] = time.perf_counter() - start
     means = (total / len(flat)).to(torch.float32)
+    every = len(flat) == len(pool.flat())
+    means_over = f"all {len(flat)} P^det prompts of the pool" if every else f"the {len(flat)} P^det prompts of {', '.join(run.selected)}"
     correct: dict[str, list[bool]] = {r: [True] * len(docs) for r, docs in pool.docs.items()}
     if texts is not None:
         check = METRICS[cfg.correct_metric]
@@ -247,7 +252,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             "correct": result.correct,
             "positives": result.positives,
             "negatives": result.negatives,
-            "means_over": f"all {len(flat)} P^det prompts of the pool",
+            "means_over": means_over,
         }
         meta = {**base_meta, "relation": relation, "data": data_block}
         scores = Scores(shape, ap.to(torch.float32), means, {**meta, "kind": "scores"})

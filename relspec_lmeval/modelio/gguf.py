@@ -14,14 +14,17 @@ A short name such as ``gemma-3-270m`` names a GGUF file that a package on the in
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from relspec_lmeval.errors import ModelError
+from relspec_lmeval.errors import ModelError, OutputError, RelspecError
 from relspec_lmeval.util.cache import cache_root
 from relspec_lmeval.util.files import atomic_write_text
 from relspec_lmeval.util.hashing import file_sha256
@@ -90,8 +93,10 @@ def _gguf_path(folder: str | os.PathLike, gguf_file: str) -> Path:
     return path
 
 
-def converted_folder(folder: str | os.PathLike, gguf_file: str) -> Path:
-    """A plain float32 checkpoint of ``folder/gguf_file``, converted once and cached."""
+def converted_folder(folder: str | os.PathLike, gguf_file: str, progress: bool = True) -> Path:
+    """A plain float32 checkpoint of ``folder/gguf_file``, converted once and cached.
+
+    ``progress=False`` converts silently (``--quiet``); otherwise one line says what happens."""
     _require_gguf()
     source = _gguf_path(folder, gguf_file).resolve()
     digest = file_sha256(source)
@@ -103,11 +108,29 @@ def converted_folder(folder: str | os.PathLike, gguf_file: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock", timeout=1800):
         if not (target / MARKER).is_file():
-            _convert(source, digest, target)
+            _convert(source, digest, target, progress)
+            if progress:
+                print(f"relspec: converted {source} once into {target}; later loads read that folder", file=sys.stderr)
     return target
 
 
-def _convert(source: Path, digest: str, target: Path) -> None:
+def _convert(source: Path, digest: str, target: Path, progress: bool = True) -> None:
+    from transformers.utils import logging as hf_logging
+
+    if progress:
+        _build(source, digest, target)
+        return
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:  # the GGUF reader's own tqdm bar ignores transformers' switch: it writes to sys.stderr
+        with contextlib.redirect_stderr(io.StringIO()):
+            _build(source, digest, target)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _build(source: Path, digest: str, target: Path) -> None:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -115,8 +138,8 @@ def _convert(source: Path, digest: str, target: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
         model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot load GGUF file {source}: {exc}") from None
+    except Exception as exc:  # a cut-off file is a struct.error in the gguf reader, among others
+        raise ModelError(f"cannot load GGUF file {source}: {type(exc).__name__}: {exc}") from None
     # transformers refuses save_pretrained on a GGUF-loaded model; a fresh model of the same
     # config without the quantization record, with the same (dequantized) weights, saves fine.
     config = model.config
@@ -124,7 +147,10 @@ def _convert(source: Path, digest: str, target: Path) -> None:
         del config.quantization_config
     fresh = type(model)(config)
     fresh.load_state_dict(model.state_dict())
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write the converted model under {target.parent}: {exc.strerror or exc}") from None
     try:
         fresh.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -133,6 +159,8 @@ def _convert(source: Path, digest: str, target: Path) -> None:
         if target.exists():  # a conversion without its marker: an interrupted one
             shutil.rmtree(target)
         os.replace(staging, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, RelspecError):  # a full disk, a read-only cache
+            raise OutputError(f"could not write the converted model {target} (set RELSPEC_CACHE_DIR elsewhere?): {exc}") from None
         raise

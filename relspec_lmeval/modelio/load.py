@@ -21,26 +21,26 @@ from relspec_lmeval.util.resources import shipped_model
 __all__ = ["load_config", "load_model", "resolve_pretrained"]
 
 
-def resolve_pretrained(pretrained: Any, gguf_file: str | None = None) -> Any:
+def resolve_pretrained(pretrained: Any, gguf_file: str | None = None, progress: bool = True) -> Any:
     """The folder (or hub id) transformers should load for ``pretrained`` (see the module doc)."""
     if not isinstance(pretrained, str):
         return pretrained
     if gguf_file:
-        return str(converted_folder(pretrained, gguf_file))
+        return str(converted_folder(pretrained, gguf_file, progress))
     shipped = shipped_model(pretrained)
     if shipped is not None:
         return str(shipped)
     packaged = packaged_gguf(pretrained)
     if packaged is not None:
-        return str(converted_folder(packaged.parent, packaged.name))
+        return str(converted_folder(packaged.parent, packaged.name, progress))
     return pretrained
 
 
-def load_config(model: str, revision: str | None = None, gguf_file: str | None = None) -> Any:
+def load_config(model: str, revision: str | None = None, gguf_file: str | None = None, progress: bool = True) -> Any:
     """The transformers config of ``model``; ``ModelError`` if there is none."""
     from transformers import AutoConfig
 
-    source = resolve_pretrained(model, gguf_file)
+    source = resolve_pretrained(model, gguf_file, progress)
     if isinstance(source, str) and source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
         raise ModelError(f"model folder not found: {model}")
     try:
@@ -61,7 +61,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    source = resolve_pretrained(model, gguf_file)
+    source = resolve_pretrained(model, gguf_file, progress)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": parse_dtype(dtype)}
     if device_map:
         kwargs["device_map"] = device_map
