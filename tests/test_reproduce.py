@@ -111,7 +111,8 @@ def test_plan(study):
     langs = [f"relation_recall_{lang}_person_father" for lang in SUITE.languages]
     assert set(eva_part["tasks"]) == {
         "relation_recall_person_father", "relation_recall_person_mother", "relation_recall_t2_person_father",
-        "relation_recall_t2_person_mother", "relation_ppl_person_father", *langs}
+        "relation_recall_t2_person_mother", "relation_ppl_person_father", *langs,
+        "relation_choice_person_father"}  # the multiple-choice version, of the own relation
     assert next(r for r in own if r["limit"] == 2)["tasks"] == ["relation_recall_det_person_father"]
     ranks = next(r for r in plan if r["conditions"] == ["ranks-person_mother-k40-skip10"])
     assert ranks["tasks"] == ["relation_recall_person_mother"]

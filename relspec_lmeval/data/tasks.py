@@ -87,18 +87,20 @@ class Suite:
     t2: str
     ppl: str
     languages: tuple[str, ...] = ()  # groups ``<eva>_<language>``
+    choice: str | None = None  # the multiple-choice version of P^eva, reported beside acc
 
     def language_group(self, language: str) -> str:
         return self.eva if language == "en" else f"{self.eva}_{language}"
 
     def groups(self) -> list[str]:
-        return [self.eva, self.det, self.t2, self.ppl, *(self.language_group(lang) for lang in self.languages)]
+        return [self.eva, self.det, self.t2, self.ppl, *(self.language_group(lang) for lang in self.languages),
+                *([self.choice] if self.choice else [])]
 
 
 SUITES = {
-    "lre": Suite("lre", "relation_recall", "relation_recall_det", "relation_recall_t2", "relation_ppl", LANGUAGES),
+    "lre": Suite("lre", "relation_recall", "relation_recall_det", "relation_recall_t2", "relation_ppl", LANGUAGES, "relation_choice"),
     "synthetic": Suite(
         "synthetic", "relation_recall_synthetic", "relation_recall_synthetic_det", "relation_recall_synthetic_t2",
-        "relation_ppl_synthetic",
+        "relation_ppl_synthetic", choice="relation_choice_synthetic",
     ),
 }

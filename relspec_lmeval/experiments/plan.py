@@ -27,6 +27,7 @@ from typing import Any
 
 from relspec_lmeval import __version__
 from relspec_lmeval.data import relations as rel
+from relspec_lmeval.data.choice import custom_choice_dataset
 from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
 from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
 from relspec_lmeval.experiments.study import Condition
@@ -155,7 +156,7 @@ def _count_docs(suite: Suite, relations: list[str], lre_dir: str | None) -> dict
     counts = {}
     for name in suite.groups():
         group = find_group(name)
-        build = rel.custom_ppl_dataset if group.kind == "ppl" else rel.custom_dataset
+        build = {"ppl": rel.custom_ppl_dataset, "choice": custom_choice_dataset}.get(group.kind, rel.custom_dataset)
         for r in relations:
             counts[task_name(name, r)] = len(build(**group.dataset_kwargs(r), lre_dir=lre_dir)["test"])
     return counts
@@ -297,6 +298,8 @@ def _tasks(inp: Inputs) -> list[tuple[Condition, tuple[str, ...], list[tuple[int
     def parts(evaluated: Sequence[str], own: Sequence[str], extra: bool) -> list[tuple[int | None, list[str]]]:
         """P^eva of ``evaluated``; with ``extra`` also P^eva-2 of ``evaluated``, perplexity and languages of ``own``; P^det of ``own``."""
         groups = [(s.eva, evaluated)] + ([(s.t2, evaluated), (s.ppl, own), *((g, own) for g in langs)] if extra else [])
+        # multiple choice (~10 requests a doc): the baseline's for every relation, else the own relation's
+        groups += [(s.choice, evaluated if evaluated == own else own)] if s.choice else []
         return [(inp.limit, [task_name(g, r) for g, rs in groups for r in rs]), (inp.det_limit, [task_name(s.det, r) for r in own])]
 
     out = [(Condition("baseline"), (), parts(relations, relations, extra=True))]

@@ -83,6 +83,11 @@ def read_intra(rows: list[Row]) -> str:
         parts.append(f"On {split} the own set drops accuracy by {_pct(own)} on average, random sets of the same size by "
                      f"{_pct(rnd)}; for {beats} of {len(part)} relations the own set is below every random seed."
                      + (f" No drop for {', '.join(na)} (original accuracy 0)." if na else ""))
+    choice = [r for r in rows if r["split"] == "choice"]
+    if choice:
+        own, rnd = mean_present([r["own_drop"] for r in choice]), mean_present([r["random_drop"] for r in choice])
+        parts.append(f"As multiple choice (the gold among up to 9 other objects of the relation, P^eva), the own set drops "
+                     f"accuracy by {_pct(own)} on average and random sets by {_pct(rnd)}.")
     return " ".join(parts) + " Finding 2 (paper): clear drops for the own set, about none for random sets, also on unseen subjects (P^eva)."
 
 

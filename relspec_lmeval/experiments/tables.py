@@ -32,9 +32,10 @@ def pair_rows(study: Study, table: dict[str, dict[str, Any]]) -> list[Row]:
 
 
 def intra_rows(study: Study) -> list[Row]:
-    """Fig. 3: original vs own set vs random sets, on P^eva and P^det."""
+    """Fig. 3: original vs own set vs random sets, on P^eva and P^det (and the choice group's ``acc``)."""
     rows = []
-    for split, group in (("P^eva", study.suite.eva), ("P^det", study.suite.det)):
+    splits = [("P^eva", study.suite.eva), ("P^det", study.suite.det), *([("choice", study.suite.choice)] if study.suite.choice else [])]
+    for split, group in splits:
         for r in study.relations:
             original = value(study, BASELINE, group, r)
             own = value(study, Condition("own", r), group, r)
