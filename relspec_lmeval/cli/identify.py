@@ -36,6 +36,8 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         gguf_file=args.gguf_file,
         filter=not args.no_filter,
         correct_metric=args.correct_metric,
+        apply_chat_template=args.apply_chat_template,
+        system_instruction=args.system_instruction,
         template_set=args.template_set,
         language=args.language,
         lre_dir=args.lre_dir,
@@ -99,6 +101,9 @@ def add_parser(sub: Any) -> None:
         help="which answers count as correct for the positives: acc (the paper's prefix check, default) or acc_lenient "
         "(also without trailing punctuation, or a gold then a word boundary; docs/tasks.md)",
     )
+    p.add_argument("--apply-chat-template", action="store_true",
+                   help="build every prompt as `lm_eval --apply_chat_template` does (instruct and chat models); recorded in the sets")
+    p.add_argument("--system-instruction", default=None, help="as lm_eval's --system_instruction (with --apply-chat-template)")
     p.add_argument("--template-set", default="main", help="with a data folder: main or t2 (default main)")
     p.add_argument("--language", default="en", help="with a data folder: prompt language (default en)")
     p.add_argument("--lre-dir", default=None, help="where the LRE files are, for task groups")

@@ -104,6 +104,7 @@ class Inputs:
     derived: dict[Condition, Path]  # random controls and top-k / rank-range cuts
     to_make: list[Condition]  # the derived sets that do not exist yet
     docs: dict[str, int]  # task → its number of documents
+    chat: dict[str, Any] | None = None  # the sets' chat form (identify --apply-chat-template), passed to every run
 
 
 # ============================================================================ checks
@@ -268,7 +269,16 @@ def prepare(cfg: ReproduceConfig) -> Inputs:
 
     docs = _count_docs(suite, relations, cfg.lre_dir)
     return Inputs(cfg, suite, relations, list(range(seed_count)), ks, limit, det_limit, shape, config_fingerprint(config), sets_dir, out,
-                  main, derived, to_make, docs)
+                  main, derived, to_make, docs, _chat_form(loaded))
+
+
+def _chat_form(loaded: dict[str, NeuronSet]) -> dict[str, Any] | None:
+    """The prompts' chat form the sets were identified with; every run must use the same (``UsageError`` if they differ)."""
+    forms = {r: (s.metadata.get("parameters") or {}).get("chat_template") for r, s in loaded.items()}
+    distinct = {json.dumps(f, sort_keys=True) for f in forms.values()}
+    if len(distinct) > 1:
+        raise UsageError(f"the sets were identified with different prompt forms (chat template or not): {forms}")
+    return next(iter(forms.values()), None)
 
 
 # ============================================================================ sets and plan
@@ -327,7 +337,8 @@ def build_plan(inp: Inputs) -> list[Run]:
     for sets, (conds, tasks) in merged.items():
         digests = [shas.setdefault(p, file_sha256(p)) for p in sets]
         for limit, names in tasks.items():
-            key = {"model": inp.cfg.model, **({"gguf_file": inp.cfg.gguf_file} if inp.cfg.gguf_file else {}), "config": inp.config_hash, "dtype": inp.cfg.dtype, "mode": "zero", "sets": digests,
+            key = {"model": inp.cfg.model, **({"gguf_file": inp.cfg.gguf_file} if inp.cfg.gguf_file else {}),
+                   **({"chat": inp.chat} if inp.chat else {}), "config": inp.config_hash, "dtype": inp.cfg.dtype, "mode": "zero", "sets": digests,
                    "tasks": sorted(names), "limit": limit, "package_version": __version__}
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
             docs = sum(min(inp.docs[t], limit) if limit else inp.docs[t] for t in names)

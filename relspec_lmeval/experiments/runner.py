@@ -61,23 +61,27 @@ def load_lm(cfg: ReproduceConfig):
     return RelspecHFLM(pretrained=cfg.model, **kwargs)
 
 
-def lm_eval_command(cfg: ReproduceConfig, run: Run) -> str:
+def lm_eval_command(cfg: ReproduceConfig, run: Run, chat: dict | None = None) -> str:
     """The ``lm_eval`` command line that gives the same numbers."""
     model_args = f"pretrained={cfg.model}" + (f",gguf_file={cfg.gguf_file}" if cfg.gguf_file else "") + (f",neuron_set={'+'.join(run.sets)}" if run.sets else "") + f",dtype={cfg.dtype}"
     argv = ["lm_eval", "--model", "relspec-hf", "--model_args", model_args, "--tasks", ",".join(run.tasks),
             "--batch_size", str(cfg.batch_size)]
     argv += ["--limit", str(run.limit)] if run.limit else []
     argv += ["--device", cfg.device] if cfg.device else []
+    if chat:
+        argv += ["--apply_chat_template"]
+        argv += ["--system_instruction", chat["system_instruction"]] if chat.get("system_instruction") else []
     return shlex.join(argv)
 
 
-def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig) -> dict[str, Any]:
+def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig, chat: dict | None = None) -> dict[str, Any]:
     """lm-eval's results for one run (per-document samples reduced to 0/1 lists), with our block."""
     from lm_eval import simple_evaluate
 
     lm.set_neuron_sets([NeuronSet.load(p) for p in run.sets])
     start = time.perf_counter()
-    results = simple_evaluate(model=lm, tasks=list(run.tasks), task_manager=task_manager, limit=run.limit, log_samples=True)
+    form = {"apply_chat_template": True, "system_instruction": chat.get("system_instruction")} if chat else {}
+    results = simple_evaluate(model=lm, tasks=list(run.tasks), task_manager=task_manager, limit=run.limit, log_samples=True, **form)
     seconds = time.perf_counter() - start
     applied = [s["sha256"] for s in results["config"]["relspec"]["sets"]]
     if applied != [file_sha256(p) for p in run.sets]:  # the record must name what was switched off
@@ -88,7 +92,7 @@ def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig) -> 
     results["relspec_reproduce"] = {
         "run_id": run.id, "conditions": [c.label() for c in run.conditions], "model": cfg.model, "dtype": cfg.dtype,
         "sets": [{"path": p, "sha256": d} for p, d in zip(run.sets, applied)], "tasks": list(run.tasks), "limit": run.limit,
-        "docs": run.docs, "seconds": seconds, "device": str(lm.device), "lm_eval_command": lm_eval_command(cfg, run),
+        "docs": run.docs, "seconds": seconds, "device": str(lm.device), "lm_eval_command": lm_eval_command(cfg, run, chat),
         "per_sample": per_sample,
     }
     return results
@@ -115,7 +119,7 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
             try:
                 # lm-eval prints a bar per task and request type; keep the one plan bar readable
                 with contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(captured):
-                    record = evaluate_run(lm, task_manager, run, cfg)
+                    record = evaluate_run(lm, task_manager, run, cfg, inp.chat)
             except BaseException:
                 sys.stderr.write(captured.getvalue())
                 raise

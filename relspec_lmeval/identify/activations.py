@@ -101,9 +101,15 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
 
     The tokenizer's own special-token behaviour is used (Llama's adds BOS); where it did
     not add the tokenizer's BOS, it is prepended; a trailing EOS some tokenizers append is
-    dropped. A tokenizer without a BOS token gets none (the prompt's tokens only).
+    dropped. A tokenizer without a BOS token gets none (the prompt's tokens only). A prompt
+    that already starts with the BOS text (a chat template's output) is encoded without
+    special tokens, as lm-eval's ``HFLM.tok_batch_encode`` does, so it has one BOS, not two.
     """
-    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    bos_text = getattr(tokenizer, "bos_token", None)
+    prompts = list(prompts)
+    encoded = [
+        tokenizer(prompt, add_special_tokens=not (bos_text and prompt.startswith(bos_text)))["input_ids"] for prompt in prompts
+    ] if bos_text and any(p.startswith(bos_text) for p in prompts) else tokenizer(prompts, add_special_tokens=True)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     out = []
     for ids in encoded:

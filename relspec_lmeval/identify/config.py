@@ -44,6 +44,8 @@ class IdentifyConfig:
     revision: str | None = None
     gguf_file: str | None = None  # with model a folder: the GGUF file in it (converted once, cached)
     filter: bool = True
+    apply_chat_template: bool = False  # prompts as lm_eval --apply_chat_template builds them
+    system_instruction: str | None = None  # lm_eval --system_instruction (with apply_chat_template)
     correct_metric: str = "acc"  # the paper's prefix check, or acc_lenient (data.metrics)
     template_set: str = "main"
     language: str = "en"
@@ -68,6 +70,8 @@ class IdentifyConfig:
             raise UsageError(f"--select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}")
         if self.cap < 1:
             raise UsageError(f"--cap must be at least 1, got {self.cap}")
+        if self.system_instruction is not None and not self.apply_chat_template:
+            raise UsageError("--system-instruction goes with --apply-chat-template")
         if self.correct_metric not in METRICS:
             raise UsageError(f"--correct-metric must be one of {', '.join(METRICS)}, got {self.correct_metric!r}")
         if self.min_positives is not None and self.min_positives < 1:

@@ -33,6 +33,7 @@ from relspec_lmeval.data.relations import docs_hash
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
 from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, generate_with_means, pad_token_id
 from relspec_lmeval.identify.ap import average_precision_chunked
+from relspec_lmeval.identify.chat import chat_prompts, chat_record
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
@@ -147,7 +148,11 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
                                   gguf_file=cfg.gguf_file, progress=cfg.progress)
     find_mlps(model)
     device = model.get_input_embeddings().weight.device
-    encoded = {r: encode_prompts(tokenizer, [d["prompt"] for d in docs]) for r, docs in pool.docs.items()}
+    if cfg.apply_chat_template:  # the strings lm-eval sends under --apply_chat_template
+        texts_of = {r: chat_prompts(docs, tokenizer, cfg.system_instruction) for r, docs in pool.docs.items()}
+    else:
+        texts_of = {r: [d["prompt"] for d in docs] for r, docs in pool.docs.items()}
+    encoded = {r: encode_prompts(tokenizer, texts) for r, texts in texts_of.items()}
     check_fit(model, run.config, encoded, cfg.model)
     batch = BatchSize(cfg.batch_size, cfg.max_batch_size)
     pad = pad_token_id(tokenizer)
@@ -200,6 +205,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         "filter": f"greedy-{MAX_NEW_TOKENS}" if cfg.filter else "none",
         **({"correct_metric": cfg.correct_metric} if cfg.filter and cfg.correct_metric != "acc" else {}),
         "min_positives": minimum,
+        **({"chat_template": chat_record(tokenizer, cfg.system_instruction)} if cfg.apply_chat_template else {}),
         "template_set": cfg.template_set,
         "language": cfg.language,
     }
