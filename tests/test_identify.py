@@ -188,7 +188,8 @@ def test_filter_batched_left_padding_matches_unbatched_generate(tiny_llama_dir, 
         assert text == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def test_filter_keeps_exactly_the_prompts_the_model_answers(tiny_llama_dir, tmp_path):
+def crafted_golds(tiny_llama_dir, tmp_path) -> tuple[dict, Path]:
+    """A data folder whose person_father golds are what the tiny model generates for 4 of its P^det prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
@@ -201,7 +202,12 @@ def test_filter_keeps_exactly_the_prompts_the_model_answers(tiny_llama_dir, tmp_
         if text.strip():
             crafted[("person_father", doc["subject"])] = text.strip()
     assert crafted, "the tiny model generated nothing printable"
-    data = write_lre_folder(tmp_path / "crafted", crafted, subjects=14)
+    return crafted, write_lre_folder(tmp_path / "crafted", crafted, subjects=14)
+
+
+def test_filter_keeps_exactly_the_prompts_the_model_answers(tiny_llama_dir, tmp_path):
+
+    crafted, data = crafted_golds(tiny_llama_dir, tmp_path)
     summary = identify(config(tiny_llama_dir, tmp_path / "out", data, relations="person_father", filter=True, min_positives=1))
     entry = summary["relations"]["person_father"]
     assert entry["correct"] == entry["positives"] == len(crafted) and entry["negatives"] == 4 * len(crafted)
@@ -325,19 +331,8 @@ def test_script_wrapper_help(capsys):
 def test_relations_below_min_positives_are_skipped_not_fatal(tiny_llama_dir, tmp_path, capsys):
     """One relation the tiny model answers (crafted golds), one it never does: the first is
     written, the second skipped with one line, and the exit status (3) says so."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    plain = write_lre_folder(tmp_path / "plain", subjects=14)
-    crafted = {}
-    for doc in build_docs("person_father", "det", data_dir=plain)[:4]:
-        ids = tokenizer(doc["prompt"], return_tensors="pt")["input_ids"]
-        text = tokenizer.decode(model.generate(ids, max_new_tokens=2, do_sample=False)[0, ids.shape[1]:], skip_special_tokens=True)
-        if text.strip():
-            crafted[("person_father", doc["subject"])] = text.strip()
-    assert crafted, "the tiny model generated nothing printable"
-    data = write_lre_folder(tmp_path / "crafted", crafted, subjects=14)
+    crafted, data = crafted_golds(tiny_llama_dir, tmp_path)
     out = tmp_path / "out"
     argv = ["identify", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out), "--quiet", "--k", "20",
             "--relations", "person_father,star_constellation", "--min-positives", str(len(crafted))]

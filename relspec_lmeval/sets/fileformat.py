@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.shape import SHAPE_KEYS
+from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES
 from relspec_lmeval.util.files import StagedFiles
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "SUFFIX",
     "read_relspec_file",
     "read_relspec_header",
+    "site_tensors",
     "stage_relspec_file",
     "write_relspec_file",
 ]
@@ -107,3 +109,15 @@ def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[di
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise NeuronSetError(f"{path}: metadata model.{key} must be a positive integer, got {value!r}")
     return tensors, metadata
+
+
+def site_tensors(path: Path, tensors: Mapping[str, torch.Tensor], kinds: tuple[str, ...]) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
+    """``layers.<L>.<site>.<kind>`` tensors grouped by kind and (layer, site); any other name is refused."""
+    pattern = re.compile(rf"^layers\.(\d+)\.({'|'.join(SITES)})\.({'|'.join(kinds)})$")
+    parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {kind: {} for kind in kinds}
+    for name, tensor in tensors.items():
+        match = pattern.match(name)
+        if not match:
+            raise NeuronSetError(f"{path}: unexpected tensor {name!r} (expected layers.<L>.<site>.{'|'.join(kinds)})")
+        parts[match.group(3)][(int(match.group(1)), match.group(2))] = tensor
+    return parts

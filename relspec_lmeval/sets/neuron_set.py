@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +25,13 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, stage_relspec_file
+from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, stage_relspec_file
 from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES, ModelShape, Site
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
 __all__ = ["NeuronSet", "union_all"]
 
-_TENSOR_NAME = re.compile(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.(indices|scores|means)$")
 
 
 def _as_index_tensor(values: Any) -> torch.Tensor:
@@ -223,12 +221,7 @@ class NeuronSet:
     def load(cls, path: str | os.PathLike) -> NeuronSet:
         path = Path(path)
         tensors, metadata = read_relspec_file(path, FORMAT_NAME, FORMAT_VERSION, "neuron-set")
-        parts: dict[str, dict[Site, torch.Tensor]] = {"indices": {}, "scores": {}, "means": {}}
-        for name, tensor in tensors.items():
-            match = _TENSOR_NAME.match(name)
-            if not match:
-                raise NeuronSetError(f"{path}: unexpected tensor {name!r} (expected layers.<L>.<site>.indices|scores|means)")
-            parts[match.group(3)][(int(match.group(1)), match.group(2))] = tensor
+        parts = site_tensors(path, tensors, ("indices", "scores", "means"))
         try:
             result = cls(parts["indices"], metadata, parts["scores"], parts["means"], path=path)
         except NeuronSetError as exc:

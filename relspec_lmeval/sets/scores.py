@@ -12,7 +12,6 @@ metadata entry ``relspec`` = JSON ``{"format": "relspec-neuron-scores", "format_
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.fileformat import SCORES_FORMAT, SCORES_FORMAT_VERSION, read_relspec_file, stage_relspec_file
+from relspec_lmeval.sets.fileformat import SCORES_FORMAT, SCORES_FORMAT_VERSION, read_relspec_file, site_tensors, stage_relspec_file
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.files import StagedFiles
@@ -29,7 +28,6 @@ from relspec_lmeval.util.files import StagedFiles
 __all__ = ["SELECT_MODES", "Scores", "load_scores", "neuron_set_from_scores", "save_scores", "select_flat"]
 
 SELECT_MODES = ("top", "both")
-_SCORE_TENSOR = re.compile(r"^layers\.(\d+)\.(gate_proj|up_proj|down_proj)\.(ap|means)$")
 
 
 # ---------------------------------------------------------------------------- selection
@@ -144,12 +142,7 @@ def load_scores(path: str | os.PathLike) -> Scores:
     path = Path(path)
     tensors, metadata = read_relspec_file(path, SCORES_FORMAT, SCORES_FORMAT_VERSION, "scores")
     layout = ModelShape.from_metadata(metadata.get("model"), str(path))
-    parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {"ap": {}, "means": {}}
-    for name, tensor in tensors.items():
-        match = _SCORE_TENSOR.match(name)
-        if not match:
-            raise NeuronSetError(f"{path}: unexpected tensor {name!r} (expected layers.<L>.<site>.ap|means)")
-        parts[match.group(3)][(int(match.group(1)), match.group(2))] = tensor
+    parts = site_tensors(path, tensors, ("ap", "means"))
     try:
         return Scores(layout, layout.join(parts["ap"]), layout.join(parts["means"]), metadata, path=path)
     except NeuronSetError as exc:
