@@ -11,6 +11,7 @@ from relspec_lmeval.identify.controls import random_sets, select_sets
 from relspec_lmeval.modelio.dtype import DTYPES
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path
+from relspec_lmeval.util.resources import is_read_only
 
 __all__ = ["add_parsers"]
 
@@ -56,21 +57,21 @@ def _cmd_random(args: argparse.Namespace) -> None:
     paths = random_sets(
         args.like, args.seeds, layer_matched=args.layer_matched, out=args.out, model=args.model, command=command_line(args)
     )
-    print(f"wrote {len(paths)} random control set(s) to {paths[0].parent}{_why_here(args.out, paths[0])}")
+    folders = sorted({str(p.parent) for p in paths})
+    print(f"wrote {len(paths)} random control set(s) to {', '.join(folders)}{_why_here(args.out, args.like)}")
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
     paths = select_sets(args.scores, args.k, select=args.select, skip=args.skip, out=args.out, command=command_line(args))
+    note = _why_here(args.out, args.scores)
     for path in paths:
-        print(f"wrote {path}{_why_here(args.out, path)}")
+        print(f"wrote {path}{note}")
 
 
-def _why_here(out: str | None, path: Any) -> str:
-    """Say so when a default output went to the working directory (the input was a shipped file)."""
-    from pathlib import Path
-
-    if out is None and Path(path).resolve().is_relative_to(Path.cwd().resolve()):
-        return " (the working directory: shipped files are read-only; use --out to choose)"
+def _why_here(out: str | None, inputs: list[str]) -> str:
+    """Say so when a default output went to the working directory because an input is shipped."""
+    if out is None and any(is_read_only(resolve_set_path(name)) for name in inputs):  # paths and short names alike
+        return " (in the working directory: shipped files are read-only; use --out to choose)"
     return ""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval import __version__
-from relspec_lmeval.errors import NeuronSetError, OutputError, UsageError
+from relspec_lmeval.errors import NeuronSetError, UsageError
 from relspec_lmeval.modelio.load import load_config
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
@@ -24,7 +24,7 @@ from relspec_lmeval.sets.scores import Scores, load_scores
 from relspec_lmeval.sets.shape import ModelShape, model_metadata
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
-from relspec_lmeval.util.resources import refuse_shipped
+from relspec_lmeval.util.resources import is_read_only, refuse_shipped
 
 __all__ = ["default_folder", "random_sets", "select_sets"]
 
@@ -34,9 +34,7 @@ def default_folder(beside: Path, out: str | os.PathLike | None) -> tuple[SetsFol
     if out is not None:
         refuse_shipped(out, "--out")
         return SetsFolder(Path(out)), False
-    try:
-        refuse_shipped(beside)
-    except OutputError:
+    if is_read_only(beside):
         return SetsFolder(Path.cwd()), True  # shipped files are read-only: default to the working directory
     return SetsFolder(beside), False
 

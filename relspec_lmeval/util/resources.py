@@ -20,6 +20,7 @@ from relspec_lmeval.util.env import env_flag
 __all__ = [
     "KINDS",
     "list_shipped_neuron_sets",
+    "is_read_only",
     "refuse_shipped",
     "resource_dir",
     "shipped_model",
@@ -112,3 +113,12 @@ def refuse_shipped(path: str | os.PathLike, what: str = "output") -> None:
                 f"{what} {path} is inside relspec-lmeval's shipped files ({root}), which no command writes; "
                 f"choose another folder (maintainers rebuilding them: {WRITE_SHIPPED_ENV}=1)"
             )
+
+
+def is_read_only(path: str | os.PathLike) -> bool:
+    """True when ``refuse_shipped`` would refuse ``path`` (a default output then goes elsewhere)."""
+    try:
+        refuse_shipped(path)
+    except OutputError:
+        return True
+    return False
