@@ -83,8 +83,7 @@ def check_export_target(out: str | os.PathLike, force: bool) -> Path:
 
 def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     """Write the ablated checkpoint; returns (folder, neurons). Everything is checked before the weights load."""
-    import torch  # noqa: F401  (transformers needs it; imported here to keep the CLI start fast)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # here: the CLI starts without it
 
     spec = AblationSpec(mode=cfg.mode, factor=cfg.factor, method="weights")
     dtype = parse_dtype(cfg.dtype)
