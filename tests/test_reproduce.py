@@ -225,6 +225,8 @@ def test_zero_original_accuracy_is_na(study):
     assert json.loads((study["out"] / "tables" / "fig4_drop_matrix.json").read_text())[1]["person_mother"] is None
     report = (study["out"] / "report.md").read_text()
     assert "original accuracy 0 for person_mother" in report
+    # a model that answers (almost) nothing: the report says its drops are noise
+    assert "**Caution:** the original model answers fewer than 5 P^eva documents correctly" in report
 
 
 def test_report_and_figures(study):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from relspec_lmeval.data.tasks import task_name
 from relspec_lmeval.experiments.figures import (
     figure_intra,
     figure_k_sweep,
@@ -157,6 +158,28 @@ def read_templates(rows: list[Row]) -> str:
 # ---------------------------------------------------------------------------- report
 
 
+MIN_CORRECT = 5  # below this many correct P^eva documents a relative drop is mostly noise
+
+
+def _weak_baseline(study: Study) -> str:
+    """Say so when the original model answers too few P^eva documents for drops to mean much."""
+    base = study.results.get(BASELINE)
+    if base is None:
+        return ""
+    weak = []
+    for r in study.relations:
+        samples = base.per_sample.get(task_name(study.suite.eva, r), [])
+        if sum(samples) < MIN_CORRECT:
+            weak.append(f"{r} {sum(samples)}/{len(samples)}")
+    if not weak:
+        return ""
+    return (f"the original model answers fewer than {MIN_CORRECT} P^eva documents correctly for {len(weak)} of "
+            f"{len(study.relations)} relations ({', '.join(weak)}); their relative drops (one document can be 100%) "
+            "are noise, and where this report's numbers and the paper's findings quoted below disagree, trust the numbers. "
+            "A model that knows few facts is better measured by the multiple-choice rows, a lenient metric or the gold "
+            "object's log-probability (docs/real-models.md).")
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -208,6 +231,7 @@ def write_report(study: Study, out: Path) -> Path:
         + (f"ran {s['new_runs']} of them in {_duration(s['elapsed'])}." if s["new_runs"] else "found every run stored and ran none."),
         "",
         "Relative drop = (original − ablated) / original; **n/a** where the original accuracy is 0.",
+        *(["", f"**Caution:** {_weak_baseline(study)}"] if _weak_baseline(study) else []),
         "",
         "## Fig. 1: where the neurons are", "", "![layers](figures/fig1_layers.png)", "", read_layers(study, layers), "",
         "Table: `tables/fig1_layers.csv`.", "",

@@ -169,6 +169,6 @@ def reproduce(cfg: ReproduceConfig) -> Path:
     plan = build_plan(inp)
     atomic_write_text(inp.out / "plan.json", json.dumps([r.to_json() for r in plan], indent=1) + "\n")
     new = run_plan(plan, inp)
-    settings = {"neuron_sets": str(inp.sets_dir), "limit": inp.limit, "det_limit": inp.det_limit, "quick": cfg.quick,
+    settings = {"neuron_sets": inp.cfg.neuron_sets, "limit": inp.limit, "det_limit": inp.det_limit, "quick": cfg.quick,
                 "command": cfg.command, "new_runs": new, "elapsed": time.perf_counter() - start}
     return write_report(collect(plan, inp, settings), inp.out)

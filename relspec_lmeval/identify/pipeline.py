@@ -2,10 +2,11 @@
 
 The paper's method (docs/identification.md has the details and every choice we made):
 
-1. P^det of every relation of the data; one pass over all of it runs greedy 2-token
-   generation (left padding, BOS prepended) and keeps the prompts the model answers
-   correctly; the same pass (its prefill step) sums every neuron's prompt mean, so the
-   means over all of P^det come for free.
+1. P^det of every relation of the data (the pool); one pass over the P^det of the
+   relations asked for runs greedy 2-token generation (left padding, BOS prepended) and
+   keeps the prompts the model answers correctly; the same pass (its prefill step) sums
+   every neuron's prompt mean, so the means over those prompts come for free. Relations
+   with fewer than ``min_positives`` correct prompts are skipped.
 2. Per relation: positives = its correct prompts (at most ``cap``, seeded subsample);
    negatives = ``negative_ratio`` × as many prompts drawn from the other relations' P^det.
 3. One forward pass over positives + negatives records every neuron's mean over each
