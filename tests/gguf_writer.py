@@ -276,26 +276,25 @@ def _randomize_norms(model, grid: float | None = None) -> None:
                 param.copy_(values + (1.0 if grid is None else 0.0))
 
 
+def _tiny_shape(tokenizer) -> dict:
+    """The config fields both tiny models share: 2 layers, hidden 64, FFN 128, 4 heads / 2 KV heads."""
+    return {
+        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256,
+        "initializer_range": 0.1, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
 def tiny_llama(seed: int = 0):
     """(LlamaForCausalLM, LlamaTokenizer): 2 layers, hidden 64, FFN 128, 4 heads / 2 KV heads, untied head."""
     tokenizer = tiny_llama_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
+        **_tiny_shape(tokenizer),
         rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        initializer_range=0.1,
         tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config).eval()
     _randomize_norms(model)
@@ -306,23 +305,7 @@ def tiny_gemma3(seed: int = 0):
     """(Gemma3ForCausalLM, GemmaTokenizer): 2 sliding-window layers (window 8), hidden 64, FFN 128, tied head."""
     tokenizer = tiny_gemma3_tokenizer()
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        rms_norm_eps=1e-6,
-        sliding_window=8,
-        initializer_range=0.1,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = Gemma3TextConfig(**_tiny_shape(tokenizer), rms_norm_eps=1e-6, sliding_window=8, tie_word_embeddings=True)
     # Everything the loader cannot read stays at the class defaults: both layers sliding (pattern 6),
     # local rope base 10000, query_pre_attn_scalar 256, no softcapping.
     model = Gemma3ForCausalLM(config).eval()
