@@ -231,7 +231,7 @@ def write_report(study: Study, out: Path) -> Path:
         + (f"ran {s['new_runs']} of them in {_duration(s['elapsed'])}." if s["new_runs"] else "found every run stored and ran none."),
         "",
         "Relative drop = (original − ablated) / original; **n/a** where the original accuracy is 0.",
-        *(["", f"**Caution:** {_weak_baseline(study)}"] if _weak_baseline(study) else []),
+        *(["", f"**Caution:** {caution}"] if (caution := _weak_baseline(study)) else []),
         "",
         "## Fig. 1: where the neurons are", "", "![layers](figures/fig1_layers.png)", "", read_layers(study, layers), "",
         "Table: `tables/fig1_layers.csv`.", "",

@@ -107,9 +107,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
     """
     bos_text = getattr(tokenizer, "bos_token", None)
     prompts = list(prompts)
-    encoded = [
-        tokenizer(prompt, add_special_tokens=not (bos_text and prompt.startswith(bos_text)))["input_ids"] for prompt in prompts
-    ] if bos_text and any(p.startswith(bos_text) for p in prompts) else tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    if bos_text and any(p.startswith(bos_text) for p in prompts):  # chat-templated: one call per prompt
+        encoded = [tokenizer(p, add_special_tokens=not p.startswith(bos_text))["input_ids"] for p in prompts]
+    else:
+        encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     out = []
     for ids in encoded:

@@ -164,10 +164,8 @@ def select_sets(
         relation = scores.relation or Path(path).stem
         meta = _cut_metadata(scores, Path(path), k, select, skip, command)
         neuron_set = scores.to_neuron_set(k, select, meta, skip)  # raises for a bad k, skip or select
-        if out is not None:
-            folder = default_folder(Path(path), out)[0]
-        else:
-            folder = default_folder(SetsFolder.of_scores_file(path).root, None)[0].cut(k, select, skip)
+        folder = default_folder(SetsFolder.of_scores_file(path).root, out)[0]
+        folder = folder if out is not None else folder.cut(k, select, skip)
         cuts.append((neuron_set, folder.set_path(relation)))
     with StagedFiles() as staged:
         return [neuron_set.save(target, staged) for neuron_set, target in cuts]

@@ -114,7 +114,7 @@ class RelspecHFLM(HFLM):
         """The documented ``relspec`` block of the results JSON (see docs/file-format.md)."""
         return {
             "package_version": __version__,
-            **({"model_source": self.relspec_source} if getattr(self, "relspec_source", None) else {}),
+            **({"model_source": self.relspec_source} if self.relspec_source else {}),
             "sets": [
                 {
                     "path": str(s.path),

@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from relspec_lmeval.util.cache import cache_root
 from relspec_lmeval.util.files import atomic_write_text
 from relspec_lmeval.util.hashing import file_sha256
 
-__all__ = ["MARKER", "PACKAGED", "PackagedGGUF", "converted_folder", "packaged_gguf"]
+__all__ = ["MARKER", "PACKAGED", "PackagedGGUF", "converted_folder", "packaged_gguf", "quiet_transformers"]
 
 MARKER = "relspec_gguf.json"  # in a converted folder: which GGUF file it came from
 
@@ -114,20 +115,25 @@ def converted_folder(folder: str | os.PathLike, gguf_file: str, progress: bool =
     return target
 
 
-def _convert(source: Path, digest: str, target: Path, progress: bool = True) -> None:
+@contextlib.contextmanager
+def quiet_transformers(quiet: bool) -> Iterator[None]:
+    """With ``quiet``, no transformers progress bars (``--quiet``); the previous setting comes back after."""
     from transformers.utils import logging as hf_logging
 
-    if progress:
-        _build(source, digest, target)
+    if not quiet or not hf_logging.is_progress_bar_enabled():
+        yield
         return
-    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    try:  # the GGUF reader's own tqdm bar ignores transformers' switch: it writes to sys.stderr
-        with contextlib.redirect_stderr(io.StringIO()):
-            _build(source, digest, target)
+    try:
+        yield
     finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+        hf_logging.enable_progress_bar()
+
+
+def _convert(source: Path, digest: str, target: Path, progress: bool = True) -> None:
+    # the GGUF reader's own tqdm bar ignores transformers' switch: it writes to sys.stderr
+    with quiet_transformers(not progress), contextlib.redirect_stderr(sys.stderr if progress else io.StringIO()):
+        _build(source, digest, target)
 
 
 def _build(source: Path, digest: str, target: Path) -> None:

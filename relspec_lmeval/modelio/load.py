@@ -15,7 +15,7 @@ from typing import Any
 
 from relspec_lmeval.errors import ModelError
 from relspec_lmeval.modelio.dtype import parse_dtype
-from relspec_lmeval.modelio.gguf import converted_folder, packaged_gguf
+from relspec_lmeval.modelio.gguf import converted_folder, packaged_gguf, quiet_transformers
 from relspec_lmeval.util.resources import shipped_model
 
 __all__ = ["load_config", "load_model", "resolve_pretrained"]
@@ -59,20 +59,12 @@ def load_model(
     ``progress=False`` also silences transformers' own loading bars (``--quiet``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     source = resolve_pretrained(model, gguf_file, progress)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": parse_dtype(dtype)}
     if device_map:
         kwargs["device_map"] = device_map
-    bars = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers(not progress):
         loaded = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    finally:
-        if bars and not progress:
-            hf_logging.enable_progress_bar()
     if not device_map:
         loaded.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     loaded.eval()

@@ -57,11 +57,14 @@ def stage_relspec_file(
 
 
 def write_relspec_file(
-    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str, version: str, metadata: Mapping[str, Any]
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str, version: str, metadata: Mapping[str, Any],
+    staged: StagedFiles | None = None,
 ) -> Path:
-    """``stage_relspec_file`` for one file: atomic (temp file + rename)."""
-    with StagedFiles() as staged:
+    """Atomic (temp file + rename) on its own, or as part of ``staged`` (moved in with the rest of the group)."""
+    if staged is not None:
         return stage_relspec_file(staged, tensors, path, fmt, version, metadata)
+    with StagedFiles() as group:
+        return stage_relspec_file(group, tensors, path, fmt, version, metadata)
 
 
 def read_relspec_header(path: Path, what: str) -> tuple[dict[str, Any], Any]:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, stage_relspec_file
+from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
 from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES, ModelShape, Site
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
@@ -210,11 +210,7 @@ class NeuronSet:
         With ``staged``, the file is moved into place together with the other files of that
         group (``StagedFiles.commit``). Raises ``OutputError`` when it cannot be written.
         """
-        if staged is not None:
-            self.path = stage_relspec_file(staged, self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata)
-        else:
-            with StagedFiles() as group:
-                self.path = stage_relspec_file(group, self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata)
+        self.path = write_relspec_file(self.to_tensors(), path, FORMAT_NAME, FORMAT_VERSION, self.metadata, staged)
         return self.path
 
     @classmethod

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.fileformat import SCORES_FORMAT, SCORES_FORMAT_VERSION, read_relspec_file, site_tensors, stage_relspec_file
+from relspec_lmeval.sets.fileformat import SCORES_FORMAT, SCORES_FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.files import StagedFiles
@@ -128,11 +128,7 @@ class Scores:
 def save_scores(scores: Scores, path: str | os.PathLike, staged: StagedFiles | None = None) -> Path:
     """Write atomically (temp file + rename), or as part of ``staged``; ``OutputError`` on failure."""
     metadata = {**scores.metadata, "model": {**(scores.metadata.get("model") or {}), **scores.layout.metadata()}}
-    if staged is not None:
-        path = stage_relspec_file(staged, scores.to_tensors(), path, SCORES_FORMAT, SCORES_FORMAT_VERSION, metadata)
-    else:
-        with StagedFiles() as group:
-            path = stage_relspec_file(group, scores.to_tensors(), path, SCORES_FORMAT, SCORES_FORMAT_VERSION, metadata)
+    path = write_relspec_file(scores.to_tensors(), path, SCORES_FORMAT, SCORES_FORMAT_VERSION, metadata, staged)
     scores.metadata = metadata
     scores.path = path
     return path
