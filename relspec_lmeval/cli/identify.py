@@ -7,7 +7,7 @@ from typing import Any
 
 from relspec_lmeval.cli.common import batch_size, command_line
 from relspec_lmeval.data.metrics import METRICS
-from relspec_lmeval.identify.config import DEFAULT_CAP, DEFAULT_K, DEFAULT_MIN_POSITIVES, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
+from relspec_lmeval.identify.config import CORRECT_BY, DEFAULT_CAP, DEFAULT_K, DEFAULT_MIN_POSITIVES, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
 
 __all__ = ["add_parser"]
 
@@ -36,6 +36,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         gguf_file=args.gguf_file,
         filter=not args.no_filter,
         correct_metric=args.correct_metric,
+        correct_by=args.correct_by,
         apply_chat_template=args.apply_chat_template,
         system_instruction=args.system_instruction,
         template_set=args.template_set,
@@ -100,6 +101,11 @@ def add_parser(sub: Any) -> None:
         "--correct-metric", default="acc", choices=sorted(METRICS),
         help="which answers count as correct for the positives: acc (the paper's prefix check, default) or acc_lenient "
         "(also without trailing punctuation, or a gold then a word boundary; docs/tasks.md)",
+    )
+    p.add_argument(
+        "--correct-by", default="generate", choices=list(CORRECT_BY),
+        help="how positives are chosen: generate (greedy 2-token answer checked by --correct-metric, the paper's; default) "
+        "or choice (the gold wins relation_choice's log-likelihood comparison against up to 9 other objects)",
     )
     p.add_argument("--apply-chat-template", action="store_true",
                    help="build every prompt as `lm_eval --apply_chat_template` does (instruct and chat models); recorded in the sets")

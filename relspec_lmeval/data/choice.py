@@ -17,7 +17,7 @@ from typing import Any
 
 from relspec_lmeval.data.relations import as_dataset, build_docs, relation_objects, task_data_dir
 
-__all__ = ["CHOICE_SEED", "DISTRACTORS", "build_choice_docs", "chance_level", "custom_choice_dataset"]
+__all__ = ["CHOICE_SEED", "DISTRACTORS", "build_choice_docs", "chance_level", "custom_choice_dataset", "with_choices"]
 
 CHOICE_SEED = "relspec-choice-1"
 DISTRACTORS = 9
@@ -31,15 +31,20 @@ def build_choice_docs(
     relation: str, split: str = "eva", template_set: str = "main", language: str = "en", data_dir: str | Path | None = None,
 ) -> list[dict]:
     """The recall docs of ``relation`` with ``choices`` (gold included) and ``target`` (its index)."""
-    objects = relation_objects(relation, data_dir)
-    docs = []
-    for doc in build_docs(relation, split, template_set, language, data_dir):
+    return with_choices(build_docs(relation, split, template_set, language, data_dir), relation_objects(relation, data_dir))
+
+
+def with_choices(docs: list[dict], objects: list[str]) -> list[dict]:
+    """Each recall doc with ``choices`` (its first gold and up to ``DISTRACTORS`` of ``objects``)
+    and ``target``; what ``relation_choice`` asks and what ``identify --correct-by choice`` checks."""
+    out = []
+    for doc in docs:
         gold = doc["golds"][0]
         others = [o for o in objects if o not in doc["golds"]]  # never another gold of the subject
         distractors = sorted(others, key=lambda o, s=doc["subject"]: _key(doc["relation"], s, o))[:DISTRACTORS]
         choices = sorted([gold, *distractors], key=lambda o, s=doc["subject"]: _key("order", doc["relation"], s, o))
-        docs.append({**doc, "choices": choices, "target": choices.index(gold)})
-    return docs
+        out.append({**doc, "choices": choices, "target": choices.index(gold)})
+    return out
 
 
 def chance_level(docs: list[dict]) -> float:

@@ -11,7 +11,7 @@ from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.errors import UsageError
 from relspec_lmeval.sets.scores import SELECT_MODES
 
-__all__ = ["DEFAULT_CAP", "DEFAULT_K", "DEFAULT_MIN_POSITIVES", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
+__all__ = ["CORRECT_BY", "DEFAULT_CAP", "DEFAULT_K", "DEFAULT_MIN_POSITIVES", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
 
 DEFAULT_K = 3000
 DEFAULT_CAP = 500
@@ -20,6 +20,7 @@ DEFAULT_NEGATIVE_RATIO = 4
 # negatives, 35,723 of gemma-3-270m's 85,248 neurons tie at AP 1 and the "set" is a tie-break.
 DEFAULT_MIN_POSITIVES = 20
 MAX_NEW_TOKENS = 2
+CORRECT_BY = ("generate", "choice")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class IdentifyConfig:
     apply_chat_template: bool = False  # prompts as lm_eval --apply_chat_template builds them
     system_instruction: str | None = None  # lm_eval --system_instruction (with apply_chat_template)
     correct_metric: str = "acc"  # the paper's prefix check, or acc_lenient (data.metrics)
+    correct_by: str = "generate"  # positives by greedy generation (the paper's) or by relation_choice (choice_check)
     template_set: str = "main"
     language: str = "en"
     lre_dir: str | None = None
@@ -72,6 +74,12 @@ class IdentifyConfig:
             raise UsageError(f"--cap must be at least 1, got {self.cap}")
         if self.system_instruction is not None and not self.apply_chat_template:
             raise UsageError("--system-instruction goes with --apply-chat-template")
+        if self.correct_by not in CORRECT_BY:
+            raise UsageError(f"--correct-by must be one of {', '.join(CORRECT_BY)}, got {self.correct_by!r}")
+        if self.correct_by == "choice" and not self.filter:
+            raise UsageError("--correct-by choice is a correctness check; --no-filter keeps every prompt without one")
+        if self.correct_by == "choice" and self.correct_metric != "acc":
+            raise UsageError("--correct-metric goes with --correct-by generate (the choice check is lm-eval's multiple-choice acc)")
         if self.correct_metric not in METRICS:
             raise UsageError(f"--correct-metric must be one of {', '.join(METRICS)}, got {self.correct_metric!r}")
         if self.min_positives is not None and self.min_positives < 1:

@@ -5,8 +5,10 @@ The paper's method (docs/identification.md has the details and every choice we m
 1. P^det of every relation of the data (the pool); one pass over the P^det of the
    relations asked for runs greedy 2-token generation (left padding, BOS prepended) and
    keeps the prompts the model answers correctly; the same pass (its prefill step) sums
-   every neuron's prompt mean, so the means over those prompts come for free. Relations
-   with fewer than ``min_positives`` correct prompts are skipped.
+   every neuron's prompt mean, so the means over those prompts come for free. With
+   ``correct_by="choice"`` that pass only sums the means, and a prompt is correct when its
+   gold wins ``relation_choice``'s comparison (``choice_check``). Relations with fewer than
+   ``min_positives`` correct prompts are skipped.
 2. Per relation: positives = its correct prompts (at most ``cap``, seeded subsample);
    negatives = ``negative_ratio`` × as many prompts drawn from the other relations' P^det.
 3. One forward pass over positives + negatives records every neuron's mean over each
@@ -29,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval import __version__
+from relspec_lmeval.data.choice import CHOICE_SEED, DISTRACTORS, with_choices
 from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.data.relations import docs_hash
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
 from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, generate_with_means, pad_token_id
 from relspec_lmeval.identify.ap import average_precision_chunked
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
+from relspec_lmeval.identify.choice_check import choice_correct
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
@@ -165,14 +169,15 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     selected = set(run.selected)
     flat = [(r, i) for r, i in pool.flat() if r in selected]
     all_encoded = [encoded[r][i] for r, i in flat]
+    generate = cfg.filter and cfg.correct_by == "generate"
     start = time.perf_counter()
     texts, total = batch.run(
         lambda bs: generate_with_means(
-            model, tokenizer, all_encoded, shape, batch_size=bs, generate=cfg.filter, max_new_tokens=MAX_NEW_TOKENS,
-            processes=processes, desc="filter + means" if cfg.filter else "means", progress=cfg.progress,
+            model, tokenizer, all_encoded, shape, batch_size=bs, generate=generate, max_new_tokens=MAX_NEW_TOKENS,
+            processes=processes, desc="filter + means" if generate else "means", progress=cfg.progress,
         )
     )
-    timings["filter_and_means"] = time.perf_counter() - start
+    timings["filter_and_means" if generate else "means"] = time.perf_counter() - start
     means = (total / len(flat)).to(torch.float32)
     every = len(flat) == len(pool.flat())
     means_over = f"all {len(flat)} P^det prompts of the pool" if every else f"the {len(flat)} P^det prompts of {', '.join(run.selected)}"
@@ -181,6 +186,17 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         check = METRICS[cfg.correct_metric]
         for (r, i), text in zip(flat, texts):
             correct[r][i] = check(first_line(text), pool.docs[r][i]["golds"])
+    elif cfg.filter:  # --correct-by choice: the gold wins relation_choice's log-likelihood comparison
+        start = time.perf_counter()
+        for r in run.selected:
+            docs = with_choices(pool.docs[r], pool.objects[r])
+            correct[r] = batch.run(
+                lambda bs, r=r, docs=docs: choice_correct(
+                    model, tokenizer, texts_of[r], docs, chat=cfg.apply_chat_template, batch_size=bs, pad_id=pad,
+                    processes=processes, desc=f"choice check {r}", show=cfg.progress,
+                )
+            )
+        timings["choice_check"] = time.perf_counter() - start
     minimum = cfg.min_positives_needed
     skipped = {
         r: f"{sum(correct[r])} of {len(pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
@@ -203,7 +219,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         "batch_size": batch.value,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": device.type,
-        "filter": f"greedy-{MAX_NEW_TOKENS}" if cfg.filter else "none",
+        "filter": (f"greedy-{MAX_NEW_TOKENS}" if generate else "choice") if cfg.filter else "none",
+        **({"choice": {"seed": CHOICE_SEED, "distractors": DISTRACTORS}} if cfg.filter and not generate else {}),
         **({"correct_metric": cfg.correct_metric} if cfg.filter and cfg.correct_metric != "acc" else {}),
         "min_positives": minimum,
         **({"chat_template": chat_record(tokenizer, cfg.system_instruction)} if cfg.apply_chat_template else {}),

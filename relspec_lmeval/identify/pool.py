@@ -7,7 +7,7 @@ import hashlib
 import os
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Pool:
 
     docs: dict[str, list[dict]]
     source: dict[str, Any]
+    objects: dict[str, list[str]] = field(default_factory=dict)  # every object of each relation (choice distractors)
 
     @property
     def relations(self) -> list[str]:
@@ -93,7 +94,7 @@ def load_pool(
         docs = {name: rel.build_docs(name, "det", template_set, language, folder) for name in names}
         _check_docs(docs, str(folder))
         source = {"kind": "folder", "name": str(data) if data is not None else "LRE", "template_set": template_set, "language": language}
-        return Pool(docs, source)
+        return Pool(docs, source, {name: rel.relation_objects(name, folder) for name in names})
 
     group = _data_group(str(data))
     if group.kind != "recall" or group.split != "det":
@@ -101,16 +102,17 @@ def load_pool(
             f"task group {group.name!r} uses split {group.split if group.kind == 'recall' else group.kind!r}; "
             "identification uses P^det (e.g. --data relation_recall_det)"
         )
-    docs = {}
+    docs, objects = {}, {}
     for relation in group.relations:
         kwargs = group.dataset_kwargs(relation)
         dataset = rel.custom_dataset(**{**kwargs, "lre_dir": lre_dir})
         docs[relation] = [dict(d) for d in dataset["test"].to_list()]
+        objects[relation] = rel.relation_objects(relation, rel.task_data_dir(kwargs.get("data_dir"), lre_dir))
     _check_docs(docs, f"task group {group.name}")
     for r in requested or []:
         if r not in docs:
             raise _unknown(r, list(docs))
-    return Pool(docs, {"kind": "task_group", "name": group.name})
+    return Pool(docs, {"kind": "task_group", "name": group.name}, objects)
 
 
 def parse_relations(spec: str | Sequence[str] | None) -> list[str] | None:
