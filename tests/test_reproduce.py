@@ -66,17 +66,34 @@ def study(tiny_llama_dir, tmp_path_factory):
             "--batch-size", "8"]
     import lm_eval
 
+    from relspec_lmeval.sets import neuron_set as ns_module
+
     calls = {"evaluate": [], "load": []}
-    evaluate, load = lm_eval.simple_evaluate, rp.load_lm
+    reads = {"set_load": [], "set_hash": []}  # paths of the set files read and hashed while the runs ran
+    evaluate, load, set_load, set_hash = lm_eval.simple_evaluate, rp.load_lm, rp.NeuronSet.load, ns_module.file_sha256
     with pytest.MonkeyPatch.context() as mp:
         _data_env(mp, data, root / "cache")
         mp.setattr(lm_eval, "simple_evaluate", lambda **kw: calls["evaluate"].append(kw["tasks"]) or evaluate(**kw))
         mp.setattr(rp, "load_lm", lambda cfg: calls["load"].append(cfg) or load(cfg))
+        mp.setattr(rp.NeuronSet, "load", classmethod(lambda cls, p: reads["set_load"].append(str(p)) or set_load(p)))
+        mp.setattr(ns_module, "file_sha256", lambda p: reads["set_hash"].append(str(p)) or set_hash(p))
+        run_plan, during_runs = rp.run_plan, {}
+
+        def counted_run_plan(plan, inp):
+            for v in reads.values():
+                v.clear()
+            ran = run_plan(plan, inp)
+            if not during_runs:  # the first invocation's (the rerun runs nothing)
+                during_runs.update({k: list(v) for k, v in reads.items()})
+            return ran
+
+        mp.setattr(rp, "run_plan", counted_run_plan)
         assert cli_main(_cli(args)) == 0
         first = {k: len(v) for k, v in calls.items()}
         assert cli_main(_cli(args)) == 0
         second = {k: len(v) - first[k] for k, v in calls.items()}
-    return {"root": root, "out": root / "out", "data": data, "args": args, "first": first, "second": second}
+    return {"root": root, "out": root / "out", "data": data, "args": args, "first": first, "second": second,
+            "during_runs": during_runs}
 
 
 def _plan(study) -> list[dict]:
@@ -126,6 +143,12 @@ def test_rerun_does_no_evaluations(study):
     assert study["second"] == {"evaluate": 0, "load": 0}
     report = (study["out"] / "report.md").read_text()
     assert "this invocation found every run stored and ran none" in report
+
+
+def test_each_set_is_read_and_hashed_once_per_plan(study):
+    used = {p for run in _plan(study) for p in run["sets"]}
+    loads, hashes = study["during_runs"]["set_load"], study["during_runs"]["set_hash"]
+    assert sorted(loads) == sorted(used) and sorted(hashes) == sorted(used)  # each once, though runs share sets
 
 
 def test_topk_equal_to_the_set_shares_its_run(study):

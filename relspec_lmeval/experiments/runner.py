@@ -23,7 +23,6 @@ from relspec_lmeval.experiments.report import write_report
 from relspec_lmeval.experiments.study import Condition, Measurement, SetStats, Study
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.util.files import atomic_write_text
-from relspec_lmeval.util.hashing import file_sha256
 from relspec_lmeval.util.progress import progress
 
 __all__ = ["collect", "evaluate_run", "lm_eval_command", "load_lm", "reproduce", "run_plan"]
@@ -74,17 +73,27 @@ def lm_eval_command(cfg: ReproduceConfig, run: Run, chat: dict | None = None) ->
     return shlex.join(argv)
 
 
-def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig, chat: dict | None = None) -> dict[str, Any]:
+class SetCache(dict):
+    """Each set file of a plan loaded (and later hashed) once, however many runs apply it."""
+
+    def __missing__(self, path: str) -> NeuronSet:
+        self[path] = NeuronSet.load(path)
+        return self[path]
+
+
+def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig, chat: dict | None = None,
+                 sets: SetCache | None = None) -> dict[str, Any]:
     """lm-eval's results for one run (per-document samples reduced to 0/1 lists), with our block."""
     from lm_eval import simple_evaluate
 
-    lm.set_neuron_sets([NeuronSet.load(p) for p in run.sets])
+    sets = SetCache() if sets is None else sets
+    lm.set_neuron_sets([sets[p] for p in run.sets])
     start = time.perf_counter()
     form = {"apply_chat_template": True, "system_instruction": chat.get("system_instruction")} if chat else {}
     results = simple_evaluate(model=lm, tasks=list(run.tasks), task_manager=task_manager, limit=run.limit, log_samples=True, **form)
     seconds = time.perf_counter() - start
     applied = [s["sha256"] for s in results["config"]["relspec"]["sets"]]
-    if applied != [file_sha256(p) for p in run.sets]:  # the record must name what was switched off
+    if applied != [sets[p].sha256() for p in run.sets]:  # the record must name what was switched off
         raise RuntimeError(f"run {run.id}: the results record sets {applied}, not the run's {list(run.sets)}")
     samples = results.pop("samples")
     per_sample = {task: [int(s["acc"]) for s in sorted(rows, key=lambda s: s["doc_id"])]
@@ -112,6 +121,7 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
     task_manager = TaskManager(include_defaults=False, metadata={"lre_dir": cfg.lre_dir} if cfg.lre_dir else None)
     done = sum(run.docs for run in plan) - sum(run.docs for run in todo)
     bar = progress(sum(run.docs for run in plan), "relspec reproduce", cfg.progress, unit="doc", initial=done)
+    sets = SetCache()
     with bar, _lm_eval_session():
         for run in todo:
             bar.set_postfix_str(f"{run.conditions[0].label()} ({len(run.tasks)} tasks)")
@@ -119,7 +129,7 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
             try:
                 # lm-eval prints a bar per task and request type; keep the one plan bar readable
                 with contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(captured):
-                    record = evaluate_run(lm, task_manager, run, cfg, inp.chat)
+                    record = evaluate_run(lm, task_manager, run, cfg, inp.chat, sets)
             except BaseException:
                 sys.stderr.write(captured.getvalue())
                 raise
@@ -149,7 +159,7 @@ def collect(plan: list[Run], inp: Inputs, settings: dict[str, Any]) -> Study:
             m = results.setdefault(cond, Measurement({}, {}))
             m.metrics.update(metrics)
             m.per_sample.update(ours["per_sample"])
-    sets = {r: NeuronSet.load(p) for r, p in inp.main.items()}
+    sets = {r: NeuronSet.load(p) for r, p in inp.main.items()}  # once per report
     rel = inp.relations
     return Study(
         model=inp.cfg.model, suite=inp.suite, relations=rel, seeds=inp.seeds, ks=inp.ks, num_layers=inp.shape.num_layers,

@@ -50,6 +50,8 @@ class NeuronSet:
     scores: dict[Site, torch.Tensor] = field(default_factory=dict)
     means: dict[Site, torch.Tensor] = field(default_factory=dict)
     path: Path | None = None
+    # (path, size, mtime_ns) → sha256 of the file: a set is hashed once however often it is reported
+    _digest: tuple[tuple[str, int, int], str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         cleaned: dict[Site, torch.Tensor] = {}
@@ -227,7 +229,11 @@ class NeuronSet:
     def sha256(self) -> str:
         """Hash of the file this set was loaded from or saved to (else of its canonical tensors)."""
         if self.path is not None and self.path.is_file():
-            return file_sha256(self.path)
+            stat = self.path.stat()
+            key = (str(self.path), stat.st_size, stat.st_mtime_ns)
+            if self._digest is None or self._digest[0] != key:
+                self._digest = (key, file_sha256(self.path))
+            return self._digest[1]
         digest = hashlib.sha256()
         for name, tensor in sorted(self.to_tensors().items()):
             digest.update(name.encode())
