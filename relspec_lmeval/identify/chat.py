@@ -10,7 +10,7 @@ string that starts with the BOS text gets no second BOS (``activations.encode_pr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from relspec_lmeval.errors import ModelError
@@ -32,6 +32,27 @@ def _render(tokenizer: Any, chat_history: list[dict[str, str]], add_generation_p
         return tokenizer.apply_chat_template([m for m in chat_history if m["role"] != "system"], **kwargs)
 
 
+@lru_cache(maxsize=1)
+def _template_task() -> Any:
+    """The recall task whose ``fewshot_context`` builds the prompts, loaded once per process.
+
+    lm-eval warns on every load that the task's ``metadata`` could come from ``--metadata``;
+    that is noise here (one line per relation of the pool otherwise), so it is silenced."""
+    import logging
+
+    from lm_eval.tasks import TaskManager
+
+    from relspec_lmeval.util.resources import task_dir
+
+    logger = logging.getLogger("lm_eval.api.task")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return TaskManager(include_path=task_dir(), include_defaults=False).load([_TEMPLATE_TASK])["tasks"][_TEMPLATE_TASK]
+    finally:
+        logger.setLevel(level)
+
+
 def chat_prompts(docs: Sequence[dict], tokenizer: Any, system_instruction: str | None = None) -> list[str]:
     """Each doc's prompt as the chat-templated string lm-eval sends to the model.
 
@@ -39,11 +60,7 @@ def chat_prompts(docs: Sequence[dict], tokenizer: Any, system_instruction: str |
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError("--apply-chat-template: this model's tokenizer has no chat template")
-    from lm_eval.tasks import TaskManager
-
-    from relspec_lmeval.util.resources import task_dir
-
-    task = TaskManager(include_path=task_dir(), include_defaults=False).load([_TEMPLATE_TASK])["tasks"][_TEMPLATE_TASK]
+    task = _template_task()
     template = partial(_render, tokenizer)
     return [
         task.fewshot_context(dict(doc), 0, system_instruction=system_instruction, apply_chat_template=True, chat_template=template)
