@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import build_tiny_llama
-from test_identify import write_lre_folder
+from test_identify import PAPER_RELATIONS, WORDS, write_lre_folder
 
 from relspec_lmeval.cli import main as cli_main
 from relspec_lmeval.data.choice import build_choice_docs
@@ -31,10 +31,18 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture()
-def world(tmp_path, lre_env, monkeypatch):
+def _two_word_objects() -> dict[tuple[str, str], str]:
+    """Objects of 1 to 3 tokens for RELATION, so continuations of several tokens are scored too."""
+    r = list(PAPER_RELATIONS).index(RELATION)  # write_lre_folder's subject names
+    subjects = [f"{WORDS[j % 10]} {WORDS[(j + r) % 10]}" + (f" {WORDS[j // 10]}" if j >= 10 else "") for j in range(40)]
+    return {(RELATION, s): " ".join(WORDS[(j + n) % 10].capitalize() for n in range(1 + j % 3)) for j, s in enumerate(subjects)}
+
+
+@pytest.fixture(params=["one-token", "several-tokens"])
+def world(request, tmp_path, lre_env, monkeypatch):
     """A small LRE-format folder that the tiny tokenizer covers word for word (no ties from unknown words)."""
-    folder = write_lre_folder(tmp_path / "data", subjects=40)
+    objects = _two_word_objects() if request.param == "several-tokens" else None
+    folder = write_lre_folder(tmp_path / request.param, objects=objects, subjects=40)
     monkeypatch.setenv("RELSPEC_LRE_DIR", str(folder))
     return folder
 
@@ -64,6 +72,8 @@ def test_scores_equal_lm_eval_multiple_choice(model_dir, world, chat):
     contexts = chat_prompts(docs, tokenizer) if chat else [d["prompt"] for d in docs]
     ours = choice_scores(model, tokenizer, contexts, docs, chat=chat, batch_size=5, pad_id=3, show=False)
     assert len(ours) == len(theirs) == len(docs) > 3
+    several = any(" " in c for d in docs for c in d["choices"])
+    assert several == (world.name == "several-tokens")  # both paths of choice_check._doc_scores are compared
     for a, b in zip(ours, theirs):
         assert a == pytest.approx(b, abs=1e-4)
     correct = choice_correct(model, tokenizer, contexts, docs, chat=chat, batch_size=5, pad_id=3, show=False)

@@ -15,12 +15,14 @@ up to 9 other objects of the relation). It reproduces lm-eval 0.4.13's ``multipl
 - the score is the summed log-probability of the continuation tokens; the doc is correct when
   the first arg-max is the gold (``numpy.argmax``'s tie rule).
 
-Pairs are batched by length, right-padded; under ``accelerate launch`` each process scores
-every ``world``-th batch and the scores are merged.
+Docs are batched by context length; each context runs once and its choices share its
+key/value cache (``_doc_scores``). Under ``accelerate launch`` each process scores every
+``world``-th batch and the scores are merged.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,24 +49,67 @@ def encode_pairs(tokenizer: Any, contexts: Sequence[str], continuations: Sequenc
     return [(ctx, whole[len(ctx) :]) for ctx, whole in zip(ctx_ids, whole_ids)]
 
 
-def _scores(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int, pad_id: int,
-            processes: Processes, desc: str, show: bool) -> list[float | None]:
-    """Summed log-probability of each pair's continuation (this process's batches; None elsewhere)."""
-    device = input_device(model)
+def _keep_arg(model: nn.Module) -> str | None:
+    params = inspect.signature(model.forward).parameters
+    return next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
+
+
+def _cache_arg(model: nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _sum_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> float:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return float(logprobs.gather(1, torch.tensor(list(targets), device=logprobs.device)[:, None]).sum())
+
+
+def _pair_scores(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
+    """One forward per pair batch (the fallback for caches that cannot be re-indexed).
+
+    Left padding with explicit positions, so every continuation sits in the last positions and
+    only those get logits: with gemma's 262k-token vocabulary, the unembedding of every prompt
+    position would cost more than the model."""
     inputs = [(ctx + cont)[:-1] for ctx, cont in pairs]
-    scores: list[float | None] = [None] * len(pairs)
-    mine = processes.mine(length_batches(inputs, batch_size))
-    with torch.inference_mode(), progress(sum(len(b) for b in mine), desc, show, unit="pair", leave=False) as bar:
-        for rows in mine:
-            ids, mask = pad_batch([inputs[i] for i in rows], pad_id, "right", device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            for j, i in enumerate(rows):
-                ctx, cont = pairs[i]
-                start = len(ctx) - 1  # the position whose logits predict the first continuation token
-                logprobs = torch.log_softmax(logits[j, start : start + len(cont)].float(), dim=-1)
-                target = torch.tensor(cont, device=logprobs.device)
-                scores[i] = float(logprobs.gather(1, target[:, None]).sum())
-            bar.update(len(rows))
+    ids, mask = pad_batch(inputs, pad_id, "left", input_device(model))
+    keep, arg = max(len(cont) for _, cont in pairs), _keep_arg(model)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
+                   **({arg: keep} if arg else {})).logits[:, -keep:]
+    return [_sum_logprobs(logits[j, keep - len(cont) :], cont) for j, (_, cont) in enumerate(pairs)]
+
+
+def _doc_scores(model: nn.Module, ctxs: Sequence[list[int]], conts: Sequence[list[list[int]]], pad_id: int) -> list[list[float]]:
+    """Scores of every choice of a batch of docs, the context computed once per doc.
+
+    The contexts run once (left-padded, explicit positions, the last position's logits: the
+    first continuation token); continuations longer than one token then run on a copy of the
+    key/value cache re-indexed to one row per choice. Equal to one forward per pair up to
+    float rounding (the tests compare with lm-eval to 1e-4)."""
+    import copy
+
+    device = input_device(model)
+    ids, mask = pad_batch(list(ctxs), pad_id, "left", device)
+    arg = _keep_arg(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                **({arg: 1} if arg else {}))
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # transformers ≥5.2x names it cache
+    if not hasattr(cache, "batch_select_indices"):  # a legacy tuple cache: score pair by pair
+        return [_pair_scores(model, [(ctx, c) for c in cs], pad_id) for ctx, cs in zip(ctxs, conts)]
+    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    scores = [[float(first[j, c[0]]) for c in cs] for j, cs in enumerate(conts)]
+    longer = [(j, k) for j, cs in enumerate(conts) for k, c in enumerate(cs) if len(c) > 1]
+    for start in range(0, len(longer), max(1, len(ctxs))):  # as many rows as the context batch
+        part = longer[start : start + len(ctxs)]
+        rows = torch.tensor([j for j, _ in part], device=device)
+        tail_cache = copy.deepcopy(cache)
+        tail_cache.batch_select_indices(rows)
+        tails = [conts[j][k][:-1] for j, k in part]
+        tail_ids, tail_mask = pad_batch(tails, pad_id, "right", device)
+        positions = mask.sum(-1)[rows][:, None] + torch.arange(tail_ids.shape[1], device=device)[None]
+        logits = model(input_ids=tail_ids, attention_mask=torch.cat([mask[rows], tail_mask], 1), position_ids=positions,
+                       use_cache=True, **{_cache_arg(model): tail_cache}).logits
+        for n, (j, k) in enumerate(part):
+            cont = conts[j][k]
+            scores[j][k] += _sum_logprobs(logits[n, : len(cont) - 1], cont[1:])
     return scores
 
 
@@ -84,18 +129,20 @@ def choice_scores(
     """Per doc, the log-likelihood of each of ``docs[i]["choices"]`` given ``contexts[i]`` (lm-eval's numbers)."""
     processes = processes or Processes()
     delimiter = "" if chat else " "
-    owner, flat_ctx, flat_cont = [], [], []
-    for i, (context, doc) in enumerate(zip(contexts, docs)):
-        for choice in doc["choices"]:
-            owner.append(i)
-            flat_ctx.append(context)
-            flat_cont.append(delimiter + choice)
-    pairs = encode_pairs(tokenizer, flat_ctx, flat_cont)
-    scores = processes.merge_lists(_scores(model, pairs, batch_size, pad_id, processes, desc, show and processes.is_main))
-    per_doc: list[list[float]] = [[] for _ in docs]
-    for i, score in zip(owner, scores):
-        per_doc[i].append(float(score))
-    return per_doc
+    ctxs, conts = [], []
+    for context, doc in zip(contexts, docs):
+        pairs = encode_pairs(tokenizer, [context] * len(doc["choices"]), [delimiter + c for c in doc["choices"]])
+        ctxs.append(pairs[0][0])  # the same context tokens for every choice of the doc
+        conts.append([cont for _, cont in pairs])
+    per_doc: list[list[float] | None] = [None] * len(docs)
+    mine = processes.mine(length_batches(ctxs, batch_size))
+    show = show and processes.is_main
+    with torch.inference_mode(), progress(sum(len(b) for b in mine), desc, show, leave=False) as bar:
+        for rows in mine:
+            for i, scores in zip(rows, _doc_scores(model, [ctxs[i] for i in rows], [conts[i] for i in rows], pad_id)):
+                per_doc[i] = scores
+            bar.update(len(rows))
+    return [list(s) for s in processes.merge_lists(per_doc)]
 
 
 def choice_correct(model: nn.Module, tokenizer: Any, contexts: Sequence[str], docs: Sequence[dict], **kwargs: Any) -> list[bool]:
