@@ -59,9 +59,18 @@ def config(model: Path, out: Path, data: Path, **kw) -> IdentifyConfig:
 # ---------------------------------------------------------------------------- reference
 
 
-def reference_identify(model_dir: Path, data: Path, relation: str, k: int, select: str = "top"):
-    """Slow and obviously correct: per prompt, per neuron, sklearn."""
-    from sklearn.metrics import average_precision_score
+def reference_identify(model_dir: Path, data: Path, relation: str, k: int, select: str = "top", method: str = "ap"):
+    """Slow and obviously correct: per prompt, per neuron, sklearn (AP, AUROC) or the formula (mean-diff)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    def score(labels: list[int], values: list[float]) -> float:
+        if method == "ap":
+            return average_precision_score(labels, values)
+        if method == "auroc":
+            return roc_auc_score(labels, values)
+        pos = [v for v, y in zip(values, labels) if y]
+        neg = [v for v, y in zip(values, labels) if not y]
+        return sum(pos) / len(pos) - sum(neg) / len(neg)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64).eval()
@@ -90,7 +99,7 @@ def reference_identify(model_dir: Path, data: Path, relation: str, k: int, selec
     labels = [1] * len(positives) + [0] * len(negatives)
     ap = []
     for j in range(len(keys)):  # one sklearn call per neuron, like the published scripts
-        ap.append(float(torch.tensor(average_precision_score(labels, [row[j] for row in rows]), dtype=torch.float32)))
+        ap.append(float(torch.tensor(score(labels, [row[j] for row in rows]), dtype=torch.float32)))
     order = sorted(range(len(keys)), key=lambda j: (-ap[j], keys[j][0], SITES.index(keys[j][1]), keys[j][2]))
     if select == "top":
         chosen = order[:k]
@@ -103,13 +112,14 @@ def reference_identify(model_dir: Path, data: Path, relation: str, k: int, selec
     return {keys[j] for j in chosen}, dict(zip(keys, ap)), dict(zip(keys, means))
 
 
-@pytest.mark.parametrize("select", ["top", "both"])
-def test_pipeline_matches_slow_reference(tiny_llama_dir, data_dir, tmp_path, select):
-    identify(config(tiny_llama_dir, tmp_path, data_dir, relations="person_mother", dtype="float64", select=select, batch_size=3))
+@pytest.mark.parametrize(("select", "method"), [("top", "ap"), ("both", "ap"), ("top", "auroc"), ("both", "mean-diff")])
+def test_pipeline_matches_slow_reference(tiny_llama_dir, data_dir, tmp_path, select, method):
+    identify(config(tiny_llama_dir, tmp_path, data_dir, relations="person_mother", dtype="float64", select=select, batch_size=3,
+                    method=method))
     got = NeuronSet.load(tmp_path / "person_mother.safetensors")
-    want, ap, means = reference_identify(tiny_llama_dir, data_dir, "person_mother", 25, select)
+    want, ap, means = reference_identify(tiny_llama_dir, data_dir, "person_mother", 25, select, method)
     assert got.keys() == want
-    assert len(got) == 25 and got.has_means and got.metadata["select"] == select
+    assert len(got) == 25 and got.has_means and got.metadata["select"] == select and got.metadata["method"] == method
     for (layer, site), index in got.neurons.items():
         for i, score, mean in zip(index.tolist(), got.scores[(layer, site)].tolist(), got.means[(layer, site)].tolist()):
             assert score == pytest.approx(ap[(layer, site, i)], abs=1e-6)

@@ -287,3 +287,10 @@ def test_active_counts_match_per_prompt_reference():
     again = active_counts(model, encoded, groups, 3, layout, batch_size=2, pad_id=0, progress=False)
     assert torch.equal(again[0], counts) and torch.equal(again[1], tokens)
     lape(activation_probability(counts, tokens))  # the pass feeds the formula
+
+
+def test_identify_offers_the_two_class_methods():
+    """identify.config names them without importing torch; the registry is the source."""
+    from relspec_lmeval.identify.config import IDENTIFY_METHODS
+
+    assert IDENTIFY_METHODS == tuple(name for name, m in METHODS.items() if m.kind == "two-class")

@@ -7,7 +7,15 @@ from typing import Any
 
 from relspec_lmeval.cli.common import batch_size, command_line
 from relspec_lmeval.data.metrics import METRICS
-from relspec_lmeval.identify.config import CORRECT_BY, DEFAULT_CAP, DEFAULT_K, DEFAULT_MIN_POSITIVES, DEFAULT_NEGATIVE_RATIO, IdentifyConfig
+from relspec_lmeval.identify.config import (
+    CORRECT_BY,
+    DEFAULT_CAP,
+    DEFAULT_K,
+    DEFAULT_MIN_POSITIVES,
+    DEFAULT_NEGATIVE_RATIO,
+    IDENTIFY_METHODS,
+    IdentifyConfig,
+)
 
 __all__ = ["add_parser"]
 
@@ -37,6 +45,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         filter=not args.no_filter,
         correct_metric=args.correct_metric,
         correct_by=args.correct_by,
+        method=args.method,
         apply_chat_template=args.apply_chat_template,
         system_instruction=args.system_instruction,
         template_set=args.template_set,
@@ -101,6 +110,11 @@ def add_parser(sub: Any) -> None:
         "--correct-metric", default="acc", choices=sorted(METRICS),
         help="which answers count as correct for the positives: acc (the paper's prefix check, default) or acc_lenient "
         "(also without trailing punctuation, or a gold then a word boundary; docs/tasks.md)",
+    )
+    p.add_argument(
+        "--method", default="ap", choices=list(IDENTIFY_METHODS),
+        help="the neuron score: ap (average precision, the paper's; default), auroc (AurA's area under the ROC curve) or "
+        "mean-diff (mean over positives minus mean over negatives, the probeless ranking); docs/identification.md",
     )
     p.add_argument(
         "--correct-by", default="generate", choices=list(CORRECT_BY),

