@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config
 
 from relspec_lmeval import __version__
 from relspec_lmeval.cli import main
@@ -180,7 +180,9 @@ def test_existing_files_need_force(model, tmp_path, capsys):
 def _bad_inputs(tmp_path) -> dict[str, str]:
     text = tmp_path / "notes.txt"
     text.write_text("not a neuron file", encoding="utf-8")
+    GPT2Config(n_layer=2, n_embd=32, n_head=4).save_pretrained(tmp_path / "gpt2")
     return {
+        "gpt2": str(tmp_path / "gpt2"),
         "lape_wide": _lape(tmp_path / "wide.pth", [[torch.tensor([1]), torch.tensor([2])], [torch.tensor([0]), torch.tensor([64])]]),
         "lape_deep": _lape(tmp_path / "deep.pth", [[torch.tensor([1])] * 3]),
         "lape_float": _lape(tmp_path / "float.pth", [[torch.tensor([1.0]), torch.tensor([2])]]),
@@ -229,6 +231,7 @@ def _bad_inputs(tmp_path) -> dict[str, str]:
         (["kn", "{kn_ok}", "--out", "{shipped}"], "inside relspec-lmeval's shipped files"),
         (["kn", "{kn_ok}", "--out", "{a_file}"], "is a file; give a folder"),
         (["kn", "{kn_ok}", "--model", "{tmp}/no-model"], "model folder not found"),
+        (["lape", "{lape_ok}", "--model", "{gpt2}"], "model type 'gpt2' has an MLP without gate_proj, up_proj, down_proj"),
     ],
 )
 def test_errors_are_one_line_exit_2_nothing_written(argv, message, model, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """``relspec convert lape|kn|selfcond FILE --model M --out OUT``: other tools' neurons as our sets.
 
-The model's config (never its weights) gives the shape every entry is checked against;
+The model's config (never its weights) gives the shape every entry is checked against, and
+a weightless copy built from it on the meta device shows that its MLPs have our sites;
 the readers are ``sets.convert`` and ``sets.expertise``. Everything is read and checked
 before anything is written; the files are then written together (``StagedFiles``) or not
 at all. ``--out`` is a ``FILE.safetensors`` for one set or a folder (``<out>/<name>.safetensors``);
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.cli.common import command_line
-from relspec_lmeval.errors import OutputError, UsageError
+from relspec_lmeval.errors import OutputError, UnsupportedModelError, UsageError
 from relspec_lmeval.sets.convert import Converted, file_stem, read_kn, read_lape, to_neuron_sets
 from relspec_lmeval.sets.expertise import read_selfcond
 from relspec_lmeval.sets.fileformat import SUFFIX
@@ -73,13 +74,38 @@ def _read(args: argparse.Namespace, shape: Any) -> Converted:
     )
 
 
+def _model_shape(config: Any) -> Any:
+    """The config's ``ModelShape``, after checking on a weightless (meta-device) copy that its MLPs are ours.
+
+    ``UnsupportedModelError`` for fused, mixture-of-experts or non-gated MLPs (GPT-2, BLOOM,
+    OPT, Phi-2: LAPE ships files for them too), whose neurons have no gate_proj/up_proj/down_proj.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from relspec_lmeval.modelio.mlps import find_mlps
+    from relspec_lmeval.sets.shape import ModelShape
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except Exception:  # a model transformers cannot build from its config alone: relspec-hf checks it when it loads
+        skeleton = None
+    if skeleton is not None:
+        find_mlps(skeleton)
+    try:
+        return ModelShape.from_config(config)
+    except AttributeError as exc:
+        raise UnsupportedModelError(f"model type {getattr(config, 'model_type', '?')!r}: its config has no {exc.name or 'MLP width'}") from None
+
+
 def _cmd_convert(args: argparse.Namespace) -> None:
     from relspec_lmeval.modelio.load import load_config
-    from relspec_lmeval.sets.shape import ModelShape, model_metadata
+    from relspec_lmeval.sets.shape import model_metadata
 
     refuse_shipped(args.out, "--out")  # before the model and the file are read
     config = load_config(args.model, args.revision, args.gguf_file)
-    shape = ModelShape.from_config(config)
+    shape = _model_shape(config)
     converted = _read(args, shape)
     sets = to_neuron_sets(
         converted, shape, model_metadata(config, args.model, args.revision, args.gguf_file), command_line(args), args.allow_empty
