@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import build_tiny_llama
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from relspec_lmeval import __version__
@@ -269,9 +270,12 @@ def _logits(model) -> torch.Tensor:
         return model(IDS).logits
 
 
-@pytest.mark.parametrize("factor", [0.0, 0.5])
-def test_up_proj_ablation_equals_switching_off_the_activation(factor, model, tmp_path):
+@pytest.mark.parametrize(("factor", "mlp_bias"), [(0.0, False), (0.5, False), (0.0, True)])
+def test_up_proj_ablation_equals_switching_off_the_activation(factor, mlp_bias, model, tmp_path):
     """What LAPE and knowledge-neurons switch off (act_fn(gate_proj) i, the down_proj input i) is our up_proj i."""
+    if mlp_bias:  # up_proj with a bias: relspec-hf hooks the output instead of editing weights
+        model = str(tmp_path / "biased")
+        build_tiny_llama(tmp_path / "biased", mlp_bias=True)
     mask = [[torch.tensor([1, 7, 40]), torch.tensor([0, 63])]]
     assert _convert("lape", _lape(tmp_path / "m.pth", mask), "--model", model, "--out", tmp_path / "s.safetensors") == 0
     neuron_set = NeuronSet.load(tmp_path / "s.safetensors")
@@ -279,7 +283,7 @@ def test_up_proj_ablation_equals_switching_off_the_activation(factor, model, tmp
     original = _logits(llama)
     spec = AblationSpec("zero") if factor == 0.0 else AblationSpec("scale", factor)
     ablation = apply_ablation(llama, neuron_set, spec)
-    assert ablation.methods == ["weights"]
+    assert ablation.methods == (["hooks"] if mlp_bias else ["weights"])
     ours = _logits(llama)
     ablation.remove()
     assert torch.equal(_logits(llama), original)
