@@ -71,6 +71,16 @@ def _files(tmp: Path) -> dict[str, Path]:
         (folder / "company_hq.json").write_text(json.dumps({"prompt_templates": ["{} is in"], "samples": samples}), encoding="utf-8")
         data[case] = folder
     files.update({f"data_{k}": v for k, v in data.items()})
+    import fractions
+
+    import torch
+
+    torch.save([[fractions.Fraction(1, 3)]], tmp / "object.pth")  # a pickle asking for a Python object
+    files["object_pth"] = tmp / "object.pth"
+    (tmp / "kn.json").write_text(json.dumps({"fact-1": [[0, 5], [2, 256]]}), encoding="utf-8")
+    files["kn_wide"] = tmp / "kn.json"
+    (tmp / "expertise.csv").write_text("layer,unit,score\nmodel.layers.0.mlp.up_proj:0,3,0.9\n", encoding="utf-8")
+    files["no_ap"] = tmp / "expertise.csv"
     user = tmp / "user_folder"
     user.mkdir()
     (user / "notes.txt").write_text("mine", encoding="utf-8")
@@ -97,6 +107,9 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`random --like` a set whose layer is out of range", ["random", "--like", str(f["far"]), "--seeds", "2", "--layer-matched"]),
         ("`random --out` inside the shipped files", ["random", "--like", "relspec-tiny/person_father", "--seeds", "1", "--out", str(shipped / "relspec-tiny" / "x")]),
         ("`select --k` larger than the model", ["select", "--k", "999999", str(shipped / "relspec-tiny" / "scores" / "person_father.safetensors")]),
+        ("`convert lape` of a pickle that asks for a Python object", ["convert", "lape", str(f["object_pth"]), "--model", tiny, "--out", str(f["user_folder"].parent / "c")]),
+        ("`convert kn` with an index beyond the model", ["convert", "kn", str(f["kn_wide"]), "--model", tiny, "--out", str(f["user_folder"].parent / "c")]),
+        ("`convert selfcond` of a CSV without an `ap` column", ["convert", "selfcond", str(f["no_ap"]), "--model", tiny, "--k", "10", "--out", str(f["user_folder"].parent / "c")]),
         ("`identify` with a relation file without `samples`", ["identify", "--model", tiny, "--data", str(f["data_no_samples"]), "--out", str(f["user_folder"].parent / "s"), "--no-filter"]),
         ("`identify` with `\"samples\": []`", ["identify", "--model", tiny, "--data", str(f["data_empty_samples"]), "--out", str(f["user_folder"].parent / "s"), "--no-filter"]),
         ("`identify` with malformed JSON", ["identify", "--model", tiny, "--data", str(f["data_bad_json"]), "--out", str(f["user_folder"].parent / "s"), "--no-filter"]),

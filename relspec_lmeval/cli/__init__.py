@@ -17,13 +17,14 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from relspec_lmeval.cli import compare, identify, reproduce, sets
+    from relspec_lmeval.cli import compare, convert, identify, reproduce, sets
 
     parser = argparse.ArgumentParser(prog="relspec", description="Inspect, make, apply and evaluate relation-specific neuron sets.")
     parser.add_argument("--version", action="version", version=f"relspec-lmeval {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sets.add_parsers(sub)
     identify.add_parser(sub)
+    convert.add_parser(sub)
     compare.add_parser(sub)
     reproduce.add_parser(sub)
     return parser
