@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from relspec_lmeval.data.choice import build_choice_docs  # noqa: E402
 from relspec_lmeval.data.metrics import METRICS  # noqa: E402
 from relspec_lmeval.identify.activations import encode_prompts, generate_with_means, pad_token_id  # noqa: E402
-from relspec_lmeval.identify.pipeline import first_line  # noqa: E402
+from relspec_lmeval.identify.correctness import first_line  # noqa: E402
 from relspec_lmeval.lm.ablation import ablated  # noqa: E402
 from relspec_lmeval.modelio.load import load_model  # noqa: E402
 from relspec_lmeval.modelio.mlps import model_shape  # noqa: E402

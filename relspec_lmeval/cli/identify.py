@@ -43,6 +43,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         revision=args.revision,
         gguf_file=args.gguf_file,
         filter=not args.no_filter,
+        cache=not args.no_cache,
         correct_metric=args.correct_metric,
         correct_by=args.correct_by,
         method=args.method,
@@ -105,6 +106,10 @@ def add_parser(sub: Any) -> None:
         "--no-filter",
         action="store_true",
         help="keep every P^det prompt as a positive (no correctness filter); recorded as filter=none",
+    )
+    p.add_argument(
+        "--no-cache", action="store_true",
+        help="neither reuse nor keep the correctness check's answers (kept per model, check and prompt in the user cache)",
     )
     p.add_argument(
         "--correct-metric", default="acc", choices=sorted(METRICS),

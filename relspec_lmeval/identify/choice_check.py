@@ -32,7 +32,7 @@ from torch import nn
 from relspec_lmeval.identify.activations import Processes, encode_prompts, input_device, length_batches, pad_batch
 from relspec_lmeval.util.progress import progress
 
-__all__ = ["choice_correct", "choice_scores", "encode_pairs"]
+__all__ = ["choice_correct", "choice_scores", "encode_pairs", "winner"]
 
 
 def encode_pairs(tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
@@ -148,4 +148,9 @@ def choice_scores(
 def choice_correct(model: nn.Module, tokenizer: Any, contexts: Sequence[str], docs: Sequence[dict], **kwargs: Any) -> list[bool]:
     """Whether each doc's gold (``choices[target]``) has the first highest score (``choice_scores``' arguments)."""
     per_doc = choice_scores(model, tokenizer, contexts, docs, **kwargs)
-    return [max(range(len(s)), key=lambda c, s=s: (s[c], -c)) == doc["target"] for s, doc in zip(per_doc, docs)]
+    return [winner(s) == doc["target"] for s, doc in zip(per_doc, docs)]
+
+
+def winner(scores: Sequence[float]) -> int:
+    """The first index of the highest score (``numpy.argmax``, as lm-eval's ``acc``)."""
+    return max(range(len(scores)), key=lambda c: (scores[c], -c))

@@ -48,6 +48,7 @@ class IdentifyConfig:
     revision: str | None = None
     gguf_file: str | None = None  # with model a folder: the GGUF file in it (converted once, cached)
     filter: bool = True
+    cache: bool = True  # keep and reuse the correctness check's answers (identify.answer_cache)
     apply_chat_template: bool = False  # prompts as lm_eval --apply_chat_template builds them
     system_instruction: str | None = None  # lm_eval --system_instruction (with apply_chat_template)
     correct_metric: str = "acc"  # the paper's prefix check, or acc_lenient (data.metrics)

@@ -31,18 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval import __version__
-from relspec_lmeval.data.choice import CHOICE_SEED, DISTRACTORS, with_choices
-from relspec_lmeval.data.metrics import METRICS
+from relspec_lmeval.data.choice import CHOICE_SEED, DISTRACTORS
 from relspec_lmeval.data.relations import docs_hash
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
-from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, generate_with_means, pad_token_id
+from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, pad_token_id
+from relspec_lmeval.identify.answer_cache import AnswerCache, model_fingerprint
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
-from relspec_lmeval.identify.choice_check import choice_correct
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
+from relspec_lmeval.identify.correctness import check_answers, check_name
 from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
-from relspec_lmeval.modelio.load import load_config, load_model
+from relspec_lmeval.modelio.load import load_config, load_model, resolve_pretrained
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.scores import Scores, save_scores
@@ -50,12 +50,7 @@ from relspec_lmeval.sets.shape import ModelShape, model_metadata
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.resources import refuse_shipped
 
-__all__ = ["check_fit", "check_out_dir", "first_line", "identify"]
-
-
-def first_line(text: str) -> str:
-    """The generation up to the first newline (the recall tasks' ``until``)."""
-    return text.split("\n", 1)[0]
+__all__ = ["check_fit", "check_out_dir", "identify"]
 
 
 def check_fit(model: Any, config: Any, encoded: Mapping[str, list[list[int]]], model_name: str) -> None:
@@ -161,42 +156,21 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     check_fit(model, run.config, encoded, cfg.model)
     batch = BatchSize(cfg.batch_size, cfg.max_batch_size)
     pad = pad_token_id(tokenizer)
-    timings: dict[str, float] = {}
 
     # 1. correctness filter over the P^det of the relations asked for (negatives are not
     # validated, as in the paper, so the rest of the pool is never generated from); its
     # prefill also sums every neuron's prompt means over those prompts
-    selected = set(run.selected)
-    flat = [(r, i) for r, i in pool.flat() if r in selected]
-    all_encoded = [encoded[r][i] for r, i in flat]
+    cache = None
+    if cfg.filter and cfg.cache:
+        source = resolve_pretrained(cfg.model, cfg.gguf_file, progress=False)
+        fingerprint = model_fingerprint(str(source), cfg.revision, str(next(model.parameters()).dtype), device.type)
+        cache = AnswerCache(fingerprint, check_name(cfg))
+    answers = check_answers(cfg, pool, run.selected, model, tokenizer, shape, encoded, texts_of, batch.run, processes, pad, cache)
+    correct, means, timings = answers.correct, answers.means, answers.timings
+    every = len(answers.flat) == len(pool.flat())
+    means_over = (f"all {len(answers.flat)} P^det prompts of the pool" if every
+                  else f"the {len(answers.flat)} P^det prompts of {', '.join(run.selected)}")
     generate = cfg.filter and cfg.correct_by == "generate"
-    start = time.perf_counter()
-    texts, total = batch.run(
-        lambda bs: generate_with_means(
-            model, tokenizer, all_encoded, shape, batch_size=bs, generate=generate, max_new_tokens=MAX_NEW_TOKENS,
-            processes=processes, desc="filter + means" if generate else "means", progress=cfg.progress,
-        )
-    )
-    timings["filter_and_means" if generate else "means"] = time.perf_counter() - start
-    means = (total / len(flat)).to(torch.float32)
-    every = len(flat) == len(pool.flat())
-    means_over = f"all {len(flat)} P^det prompts of the pool" if every else f"the {len(flat)} P^det prompts of {', '.join(run.selected)}"
-    correct: dict[str, list[bool]] = {r: [True] * len(docs) for r, docs in pool.docs.items()}
-    if texts is not None:
-        check = METRICS[cfg.correct_metric]
-        for (r, i), text in zip(flat, texts):
-            correct[r][i] = check(first_line(text), pool.docs[r][i]["golds"])
-    elif cfg.filter:  # --correct-by choice: the gold wins relation_choice's log-likelihood comparison
-        start = time.perf_counter()
-        for r in run.selected:
-            docs = with_choices(pool.docs[r], pool.objects[r])
-            correct[r] = batch.run(
-                lambda bs, r=r, docs=docs: choice_correct(
-                    model, tokenizer, texts_of[r], docs, chat=cfg.apply_chat_template, batch_size=bs, pad_id=pad,
-                    processes=processes, desc=f"choice check {r}", show=cfg.progress,
-                )
-            )
-        timings["choice_check"] = time.perf_counter() - start
     minimum = cfg.min_positives_needed
     skipped = {
         r: f"{sum(correct[r])} of {len(pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
@@ -239,7 +213,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     budget = memory_budget(cfg, device)
     results: list[RelationResult] = []
     env = environment(device)
-    summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped}
+    summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped,
+               "answers_cached": answers.cached}
 
     # 2.-4. per relation: positives/negatives, statistics pass, AP, top-k
     for relation in todo:
@@ -284,7 +259,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         result.neuron_set = neuron_set
         result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
         summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env,
-                   "skipped": skipped}
+                   "skipped": skipped, "answers_cached": answers.cached}
         with StagedFiles() as staged:  # the relation's scores, set and summary appear together
             save_scores(scores, result.scores_path, staged)
             neuron_set.save(result.set_path, staged)
@@ -292,6 +267,9 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
 
     if processes.is_main and cfg.print_table:
         print(format_table(summary, timings, results))
+    if processes.is_main and answers.cached and cache is not None:
+        print(f"relspec identify: {answers.cached} answers of the correctness check reused from {cache.path} (--no-cache recomputes)",
+              file=sys.stderr)
     if processes.is_main and skipped:
         for relation, why in skipped.items():  # where users look: the end of the output, on stderr
             print(f"relspec identify: skipped {relation}: {why}", file=sys.stderr)
