@@ -173,3 +173,14 @@ def test_short_names_resolve_to_shipped_files(tmp_path, monkeypatch):
     assert _resources.list_shipped_neuron_sets() == ["relspec-tiny/person_father"]  # controls are not listed
     with pytest.raises(NeuronSetError, match="Did you mean: relspec-tiny/person_father"):
         resolve_set_path("relspec-tiny/person_fathr")
+
+
+def test_a_config_without_the_llama_mlp_fields_is_one_clear_error():
+    """GPT-2's config has n_layer / n_inner: not a model whose gate/up/down MLP this package ablates."""
+    from transformers import GPT2Config
+
+    from relspec_lmeval.errors import UnsupportedModelError
+    from relspec_lmeval.sets.shape import ModelShape
+
+    with pytest.raises(UnsupportedModelError, match="'gpt2' has no .*intermediate_size.*gate_proj, up_proj and down_proj"):
+        ModelShape.from_config(GPT2Config(n_layer=2, n_embd=8, n_head=2))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.errors import NeuronSetError, UnsupportedModelError
 
 __all__ = ["SHAPE_KEYS", "SITES", "ModelShape", "Site", "config_fingerprint", "model_metadata"]
 
@@ -44,11 +44,18 @@ class ModelShape:
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
         config = getattr(config, "get_text_config", lambda: config)()
+        kind = str(getattr(config, "model_type", "unknown"))
+        missing = [key for key in ("num_hidden_layers", "hidden_size", "intermediate_size") if getattr(config, key, None) is None]
+        if missing:  # e.g. GPT-2 (n_layer, n_inner): not the gate/up/down MLP this package ablates
+            raise UnsupportedModelError(
+                f"model type {kind!r} has no {', '.join(missing)} in its config; relspec supports Llama-style "
+                "models (an MLP with gate_proj, up_proj and down_proj: Llama, Mistral, Qwen2, Gemma …)"
+            )
         return cls(
             num_layers=int(config.num_hidden_layers),
             hidden_size=int(config.hidden_size),
             intermediate_size=int(config.intermediate_size),
-            model_type=str(getattr(config, "model_type", "unknown")),
+            model_type=kind,
         )
 
     @classmethod
