@@ -1,6 +1,6 @@
 """What identification costs as the request grows: time per number of relations, memory per number of prompts.
 
-Two measurements, each ``relspec identify`` run in its own process (``--no-cache``, so every
+Three measurements, each ``relspec identify`` run in its own process (``--no-cache``, so every
 run computes everything; peak resident memory from ``os.wait4``'s ``ru_maxrss`` of that
 process alone):
 
@@ -19,7 +19,10 @@ process alone):
    prompt a positive, ``--cap 50``), and the generation filter pass (a random model answers
    nothing, so that run stops with exit status 2 after the pass, which is what it measures).
 
-    python benchmarks/identify_cost.py                    # both, CPU, ~10 min on 2 cores
+3. **Processes**: identify and lm_eval on relspec-tiny, one process against two
+   (``accelerate launch --cpu --num_processes 2``, one thread each).
+
+    python benchmarks/identify_cost.py                    # all three, CPU
     python benchmarks/identify_cost.py --only relations --model gemma-3-270m --data /path/to/lre
 Output: ``benchmarks/results/identify_cost.json`` and ``.md``.
 """
@@ -47,12 +50,12 @@ SUBSETS = (["product_company"], ["product_company", "company_ceo", "person_fathe
 POOL_SIZES = (1000, 4000, 16000)
 
 
-def run_identify(argv: list[str], cwd: Path) -> dict:
-    """Seconds, peak RSS (MiB) and exit status of one ``relspec identify`` process."""
+def run_identify(argv: list[str], cwd: Path, launch: list[str] | None = None, module: str = "relspec_lmeval") -> dict:
+    """Seconds, peak RSS (MiB) and exit status of one ``relspec identify`` process (or of ``launch``'s)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "RELSPEC_CACHE_DIR": str(cwd / "cache")}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "relspec_lmeval", "identify", *argv, "--no-cache", "--quiet"], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [*(launch or [sys.executable]), "-m", module, *(["identify", *argv, "--no-cache", "--quiet"] if module == "relspec_lmeval" else argv)]
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     stderr = proc.stderr.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
@@ -128,6 +131,28 @@ def memory_cost(batch: int, work: Path, sizes: list[int]) -> list[dict]:
     return rows
 
 
+def processes_cost(work: Path) -> list[dict]:
+    """One against two ``accelerate launch --cpu`` processes (1 thread each), identify and lm_eval on relspec-tiny.
+
+    Peak MiB is of the launching process tree's largest member (``ru_maxrss`` of the waited child)."""
+    rows = []
+    launch2 = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    identify = ["--model", "relspec-tiny", "--data", "relation_recall_synthetic_det", "--relations", "all", "--k", "100",
+                "--batch-size", "32", "--device", "cpu"]
+    tasks = "relation_recall_synthetic,relation_choice_synthetic"
+    evaluate = ["--model", "relspec-hf", "--model_args", "pretrained=relspec-tiny,neuron_set=relspec-tiny/k384/person_plays_instrument",
+                "--tasks", tasks, "--batch_size", "32", "--limit", "100"]
+    for what, argv, module in (("identify, 12 relations", identify, "relspec_lmeval"), (f"lm_eval {tasks}, 100 docs each", evaluate, "lm_eval")):
+        for n, launch in ((1, None), (2, launch2)):
+            os.environ["OMP_NUM_THREADS"] = "1"
+            out = ["--out", str(work / f"proc-{module}-{n}")] if module == "relspec_lmeval" else ["--output_path", str(work / f"proc-{module}-{n}")]
+            result = run_identify([*argv, *out], work, launch, module) | {"what": what, "processes": n}
+            os.environ.pop("OMP_NUM_THREADS")
+            rows.append(result)
+            print(f"{what}, {n} process(es): {result['seconds']:7.1f} s, exit {result['exit']}", flush=True)
+    return rows
+
+
 def markdown(report: dict) -> str:
     lines = ["# Identification cost", "", f"Made by `{report['command']}` on {report['machine']}.", ""]
     if report.get("relations"):
@@ -141,12 +166,16 @@ def markdown(report: dict) -> str:
                   "| pool P^det prompts | run | exit | seconds | peak MiB |", "|---:|---|---:|---:|---:|"]
         lines += [f"| {r['pool_prompts']} | {r['run']} | {r['exit']} | {r['seconds']:.1f} | {r['peak_mib']:.0f} |" for r in report["memory"]]
         lines += ["", "Exit 2 in the filter runs: the random model answers no prompt, so the run stops after the pass it measures."]
+    if report.get("processes"):
+        lines += ["", "## One against two processes (relspec-tiny, `accelerate launch --cpu`, 1 thread each)", "",
+                  "| run | processes | exit | seconds |", "|---|---:|---:|---:|"]
+        lines += [f"| {r['what']} | {r['processes']} | {r['exit']} | {r['seconds']:.1f} |" for r in report["processes"]]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["relations", "memory"], default=None)
+    p.add_argument("--only", choices=["relations", "memory", "processes"], default=None)
     p.add_argument("--model", default="relspec-tiny")
     p.add_argument("--data", default="relation_recall_synthetic_det")
     p.add_argument("--batch-size", type=int, default=64)
@@ -163,6 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "relations": relations_cost(args.model, args.data, args.batch_size, work)}
         if args.only in (None, "memory"):
             report["memory"] = memory_cost(args.batch_size, work, args.sizes)
+        if args.only in (None, "processes"):
+            report["processes"] = processes_cost(work)
     Path(args.out).with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     Path(args.out).with_suffix(".md").write_text(markdown(report))
     return report
