@@ -384,3 +384,32 @@ def test_answers_are_kept_and_not_generated_again(tiny_llama_dir, tmp_path, caps
     assert f"{det} answers of the correctness check reused from" in capsys.readouterr().err
     assert cli_main([*base, "--out", str(tmp_path / "c"), "--relations", "person_father", "--k", "20", "--no-cache"]) == 0
     assert generated == [det, mother, det]
+
+
+def test_method_lape_writes_tangs_sets_on_the_gate_site(tiny_llama_dir, data_dir, tmp_path):
+    """--method lape: one counting pass over every relation's P^det, each set = Tang's selection
+    for its relation (capped by --k), reported on gate_proj; it needs --no-filter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from relspec_lmeval.identify.lape import LapeRun
+
+    out = tmp_path / "lape"
+    summary = identify(config(tiny_llama_dir, out, data_dir, method="lape", k=300, batch_size=3))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    pool = load_pool(str(data_dir), None)
+    encoded = {r: encode_prompts(tokenizer, [d["prompt"] for d in docs]) for r, docs in pool.docs.items()}
+    from relspec_lmeval.sets.shape import ModelShape
+
+    shape = ModelShape.from_config(model.config)
+    run = LapeRun.count(model, encoded, shape, batch_size=4, pad_id=pad_token_id(tokenizer), progress=False)
+    written = list(summary["relations"])
+    assert written and set(written) | set(summary["skipped"]) == set(pool.relations)
+    for relation in written:
+        got = NeuronSet.load(out / f"{relation}.safetensors")
+        r = run.relations.index(relation)
+        want = {(n // shape.intermediate_size, "gate_proj", n % shape.intermediate_size)
+                for n in run.result.selected[r].nonzero().flatten().tolist()}
+        assert got.keys() == want and got.metadata["method"] == "lape"
+    with pytest.raises(Exception, match="--method lape .* --no-filter"):
+        identify(config(tiny_llama_dir, tmp_path / "x", data_dir, method="lape", filter=True))

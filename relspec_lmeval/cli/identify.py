@@ -119,7 +119,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--method", default="ap", choices=list(IDENTIFY_METHODS),
         help="the neuron score: ap (average precision, the paper's; default), auroc (AurA's area under the ROC curve) or "
-        "mean-diff (mean over positives minus mean over negatives, the probeless ranking); docs/identification.md",
+        "mean-diff (mean over positives minus mean over negatives, the probeless ranking) or lape (Tang et al.'s activation-"
+        "probability entropy over all relations; with --no-filter); docs/identification.md",
     )
     p.add_argument(
         "--correct-by", default="generate", choices=list(CORRECT_BY),

@@ -21,9 +21,9 @@ DEFAULT_NEGATIVE_RATIO = 4
 DEFAULT_MIN_POSITIVES = 20
 MAX_NEW_TOKENS = 2
 CORRECT_BY = ("generate", "choice")
-# identify.methods' two-class scores of the statistics pass's matrix, named here so that parsing the
-# command line needs no torch (a test keeps the two equal); lape needs a counting pass of its own
-IDENTIFY_METHODS = ("ap", "auroc", "mean-diff")
+# identify.methods' names, here so that parsing the command line needs no torch (a test keeps them
+# equal); ap, auroc and mean-diff score the statistics pass's matrix, lape a counting pass of its own
+IDENTIFY_METHODS = ("ap", "auroc", "mean-diff", "lape")
 
 
 @dataclass
@@ -81,6 +81,9 @@ class IdentifyConfig:
             raise UsageError("--system-instruction goes with --apply-chat-template")
         if self.method not in IDENTIFY_METHODS:
             raise UsageError(f"--method must be one of {', '.join(IDENTIFY_METHODS)}, got {self.method!r}")
+        if self.method == "lape" and (self.filter or self.select != "top"):
+            raise UsageError("--method lape scores every P^det prompt of each relation (LAPE has no correctness check and no "
+                             "bottom half): give --no-filter, and --select top")
         if self.correct_by not in CORRECT_BY:
             raise UsageError(f"--correct-by must be one of {', '.join(CORRECT_BY)}, got {self.correct_by!r}")
         if self.correct_by == "choice" and not self.filter:

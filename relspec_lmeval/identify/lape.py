@@ -39,6 +39,10 @@ from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress as progress_bar
 
 __all__ = [
+    "LAPE_BAR_RATIO",
+    "LAPE_FILTER_RATE",
+    "LAPE_TOP_RATE",
+    "LapeRun",
     "LAPE_SITE",
     "ActiveCountRecorder",
     "Lape",
@@ -116,7 +120,11 @@ class Lape:
         return torch.where(self.assigned, -self.entropy.unsqueeze(0), -math.inf)
 
 
-def lape(probabilities: torch.Tensor, *, top_rate: float = 0.01, filter_rate: float = 0.95, activation_bar_ratio: float = 0.95) -> Lape:
+LAPE_TOP_RATE, LAPE_FILTER_RATE, LAPE_BAR_RATIO = 0.01, 0.95, 0.95  # Tang et al.'s identify.py defaults
+
+
+def lape(probabilities: torch.Tensor, *, top_rate: float = LAPE_TOP_RATE, filter_rate: float = LAPE_FILTER_RATE,
+         activation_bar_ratio: float = LAPE_BAR_RATIO) -> Lape:
     """LAPE and Tang et al.'s neuron selection from ``probabilities`` [relations, neurons].
 
     Quantiles are Tang's ``kthvalue(round(R·N·rate))`` of all R·N probabilities; "above" is
@@ -284,3 +292,26 @@ def active_counts(
     if processes.world > 1:
         counts, tokens = processes.sum(counts), processes.sum(tokens)
     return counts.cpu(), tokens.cpu()
+
+
+@dataclass
+class LapeRun:
+    """``identify --method lape``: one counting pass over every relation's prompts, then LAPE."""
+
+    result: Lape
+    relations: list[str]
+    tokens: torch.Tensor  # int64 [relations]: the tokens each relation's probabilities are over
+
+    @classmethod
+    def count(cls, model: nn.Module, encoded: dict[str, list[list[int]]], layout: ModelShape, **kwargs: Any) -> LapeRun:
+        """``encoded``: each relation's prompts (all of its P^det: LAPE has no correctness check)."""
+        relations = list(encoded)
+        prompts = [ids for r in relations for ids in encoded[r]]
+        groups = [n for n, r in enumerate(relations) for _ in encoded[r]]
+        counts, tokens = active_counts(model, prompts, groups, len(relations), layout, **kwargs)
+        return cls(lape(activation_probability(counts, tokens)), relations, tokens)
+
+    def relation_scores(self, layout: ModelShape, relation: str) -> tuple[torch.Tensor, int]:
+        """Every neuron's score for ``relation`` in our flat order, and the size of Tang's set for it."""
+        r = self.relations.index(relation)
+        return lape_site_scores(layout, self.result.scores[r]), int(self.result.selected[r].sum())

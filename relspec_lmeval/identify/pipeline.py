@@ -39,6 +39,7 @@ from relspec_lmeval.identify.answer_cache import AnswerCache, model_fingerprint
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
 from relspec_lmeval.identify.correctness import check_answers, check_name
+from relspec_lmeval.identify.lape import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_SITE, LAPE_TOP_RATE, LapeRun
 from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
@@ -130,6 +131,33 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out))
 
 
+def _two_class(cfg: IdentifyConfig, model: Any, shape: ModelShape, encoded: Mapping[str, list[list[int]]], positives: list,
+               negatives: list, relation: str, result: RelationResult, batch: BatchSize, pad: int, processes: Processes,
+               device: Any, budget: int) -> Any:
+    """The statistics pass over positives + negatives, then the method's score of every neuron (None off the main process)."""
+    import torch
+
+    items = positives + negatives
+    labels = torch.zeros(len(items), dtype=torch.bool)
+    labels[: len(positives)] = True
+    matrix_bytes = len(items) * shape.total * 4
+    on_device = device.type != "cpu" and matrix_bytes <= budget // 2
+    start = time.perf_counter()
+    matrix = batch.run(
+        lambda bs: activation_matrix(
+            model, [encoded[r][i] for r, i in items], shape, batch_size=bs, pad_id=pad,
+            matrix_device=device if on_device else "cpu", processes=processes, desc=f"statistics {relation}", progress=cfg.progress,
+        )
+    )
+    result.seconds["statistics"] = time.perf_counter() - start
+    if not processes.is_main:
+        return None
+    start = time.perf_counter()
+    scores = two_class_scores(cfg.method, matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0)))
+    result.seconds["ap"] = time.perf_counter() - start
+    return scores
+
+
 def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     """Run the whole identification; returns the summary (also written to ``<out>/summary.json``).
 
@@ -200,6 +228,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         **({"chat_template": chat_record(tokenizer, cfg.system_instruction)} if cfg.apply_chat_template else {}),
         "template_set": cfg.template_set,
         "language": cfg.language,
+        **({"lape": {"top_rate": LAPE_TOP_RATE, "filter_rate": LAPE_FILTER_RATE, "activation_bar_ratio": LAPE_BAR_RATIO,
+                     "site": LAPE_SITE, "prompts": "every P^det prompt of each relation of the pool"}} if cfg.method == "lape" else {}),
     }
     pool_hash = pool.hash()
     base_meta = {
@@ -216,31 +246,31 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped,
                "answers_cached": answers.cached}
 
+    lape_run = None
+    if cfg.method == "lape":  # one counting pass over every relation of the pool (all enter the entropy)
+        start = time.perf_counter()
+        lape_run = batch.run(lambda bs: LapeRun.count(model, encoded, shape, batch_size=bs, pad_id=pad, processes=processes,
+                                                      desc="active counts", progress=cfg.progress))
+        timings["lape_counts"] = time.perf_counter() - start
+
     # 2.-4. per relation: positives/negatives, statistics pass, AP, top-k
     for relation in todo:
-        positives, negatives = choose_prompts(pool, correct, relation, cap=cfg.cap, negative_ratio=cfg.negative_ratio, seed=cfg.seed)
-        result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), len(positives), len(negatives))
-        items = positives + negatives
-        labels = torch.zeros(len(items), dtype=torch.bool)
-        labels[: len(positives)] = True
-        matrix_bytes = len(items) * shape.total * 4
-        on_device = device.type != "cpu" and matrix_bytes <= budget // 2
-        start = time.perf_counter()
-        matrix = batch.run(
-            lambda bs, items=items, relation=relation, on_device=on_device: activation_matrix(
-                model, [encoded[r][i] for r, i in items], shape, batch_size=bs, pad_id=pad,
-                matrix_device=device if on_device else "cpu", processes=processes,
-                desc=f"statistics {relation}", progress=cfg.progress,
-            )
-        )
-        result.seconds["statistics"] = time.perf_counter() - start
-        results.append(result)
-        if not processes.is_main:  # the other processes only helped with the statistics
+        k = cfg.k
+        if lape_run is not None:  # no positives and no statistics pass; Tang's set size caps k
+            ap, tang = lape_run.relation_scores(shape, relation)
+            if tang == 0:
+                skipped[relation] = "LAPE assigns it no neuron"
+                continue
+            k, positives, negatives = min(k, tang), [], []
+            result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), 0, 0)
+            results.append(result)
+        else:
+            positives, negatives = choose_prompts(pool, correct, relation, cap=cfg.cap, negative_ratio=cfg.negative_ratio, seed=cfg.seed)
+            result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), len(positives), len(negatives))
+            results.append(result)
+            ap = _two_class(cfg, model, shape, encoded, positives, negatives, relation, result, batch, pad, processes, device, budget)
+        if not processes.is_main:  # the other processes only helped with the passes
             continue
-        start = time.perf_counter()
-        ap = two_class_scores(cfg.method, matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0)))
-        result.seconds["ap"] = time.perf_counter() - start
-        matrix = None  # free it before the next relation's pass
         data_block = {
             "source": pool.source,
             "relations": pool.relations,
@@ -255,7 +285,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         }
         meta = {**base_meta, "relation": relation, "data": data_block}
         scores = Scores(shape, ap.to(torch.float32), means, {**meta, "kind": "scores"})
-        neuron_set = scores.to_neuron_set(cfg.k, cfg.select, {**meta, "k": cfg.k, "select": cfg.select})
+        neuron_set = scores.to_neuron_set(k, cfg.select, {**meta, "k": k, "select": cfg.select})
         result.neuron_set = neuron_set
         result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
         summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env,
