@@ -1,6 +1,7 @@
 """Switching neurons off inside a transformers model, and always being able to undo it.
 
-For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f)
+For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f,
+one factor for all with ``mode=scale``, the set's per-neuron factors with ``mode=dampen``)
 is exactly setting row j of the weight to 0 (or scaling it): the edit costs nothing at run
 time and works on ``device_map``-sharded models. Where that is not exact or not possible
 (an MLP bias, PEFT/LoRA wrappers, quantized or offloaded weights, ``mode=mean``) a forward
@@ -24,13 +25,16 @@ from relspec_lmeval.util.suggest import did_you_mean
 
 __all__ = ["METHODS", "MODES", "Ablation", "AblationSpec", "ablated", "apply_ablation", "check_mode_fits"]
 
-MODES = ("zero", "scale", "mean")
+MODES = ("zero", "scale", "mean", "dampen")
 METHODS = ("auto", "weights", "hooks")
 
 
 @dataclass
 class AblationSpec:
-    """How to switch neurons off: ``mode`` zero|scale|mean, ``factor`` (scale), ``method`` auto|weights|hooks.
+    """How to switch neurons off: ``mode`` zero|scale|mean|dampen, ``factor`` (scale), ``method`` auto|weights|hooks.
+
+    ``dampen`` multiplies each neuron's output by its own factor, stored in the set file
+    (``NeuronSet.factors``, written by ``relspec dampen``: AurA's 1 − α·(2·AUROC − 1)).
 
     Raises ``NeuronSetError`` for an unknown mode or method, a missing, non-numeric or
     non-finite factor, or a factor given without ``mode=scale``.
@@ -89,7 +93,8 @@ class Ablation:
         self.hooks.clear()
 
 
-def _output_hook(index: torch.Tensor, spec: AblationSpec, means: torch.Tensor | None):
+def _output_hook(index: torch.Tensor, spec: AblationSpec, values: torch.Tensor | None):
+    """The hook rewriting ``index``'s channels; ``values``: the means (mean) or factors (dampen)."""
     # Index tensors follow the output to its device once (sharded and offloaded models).
     per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -97,26 +102,49 @@ def _output_hook(index: torch.Tensor, spec: AblationSpec, means: torch.Tensor | 
         out = output[0] if isinstance(output, tuple) else output
         device = out.device
         if device not in per_device:
-            per_device[device] = (index.to(device), None if means is None else means.to(device))
-        idx, mean = per_device[device]
+            per_device[device] = (index.to(device), None if values is None else values.to(device))
+        idx, value = per_device[device]
         if spec.mode == "zero":
             out.index_fill_(-1, idx, 0.0)
         elif spec.mode == "scale":
             out[..., idx] *= spec.factor
+        elif spec.mode == "dampen":  # in float32, rounded once to the output's dtype
+            out[..., idx] = (out[..., idx].to(torch.float32) * value).to(out.dtype)
         else:
-            out[..., idx] = mean.to(out.dtype)
+            out[..., idx] = value.to(out.dtype)
         return output
 
     return hook
 
 
 def check_mode_fits(neuron_set: NeuronSet, spec: AblationSpec) -> None:
-    """``mode=mean`` needs the per-neuron means that ``relspec identify`` stores."""
+    """``mode=mean`` needs the per-neuron means that ``relspec identify`` stores, ``mode=dampen``
+    the factors that ``relspec dampen`` stores."""
     if spec.mode == "mean" and len(neuron_set) and not neuron_set.has_means:
         raise NeuronSetError(
             f"mode=mean needs per-neuron means in the neuron-set file, and {neuron_set.path or 'this set'} has none; "
             "use mode=zero, or a set written by `relspec identify` (it stores the means)"
         )
+    if spec.mode == "dampen" and len(neuron_set) and not neuron_set.has_factors:
+        where = neuron_set.path or "this set"
+        raise NeuronSetError(
+            f"mode=dampen needs per-neuron factors in the neuron-set file, and {where} has none; "
+            f"write them with `relspec dampen {where}` (from the AUROC scores of `relspec identify --method auroc`), or use mode=zero"
+        )
+
+
+def _edit_rows(module: nn.Linear, rows: torch.Tensor, spec: AblationSpec, factors: torch.Tensor | None) -> torch.Tensor:
+    """Zero or scale ``rows`` of the weight in place; returns the saved rows (the undo)."""
+    with torch.no_grad():
+        saved = module.weight.index_select(0, rows).clone()
+        if spec.mode == "zero":
+            module.weight.index_fill_(0, rows, 0.0)
+        elif spec.mode == "scale":
+            module.weight[rows] *= spec.factor
+        else:  # dampen: each row by its factor, in float32, rounded once to the weight's dtype
+            scale = factors.to(device=saved.device, dtype=torch.float32).unsqueeze(1)
+            module.weight.index_copy_(0, rows, (saved.to(torch.float32) * scale).to(saved.dtype))
+    return saved
 
 
 def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None) -> Ablation:
@@ -144,16 +172,11 @@ def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec |
                         f"with mode={spec.mode}; use ablate_with=hooks or auto"
                     )
                 rows = index.to(module.weight.device)
-                with torch.no_grad():
-                    saved = module.weight.index_select(0, rows).clone()
-                    if spec.mode == "zero":
-                        module.weight.index_fill_(0, rows, 0.0)
-                    else:
-                        module.weight[rows] *= spec.factor
+                saved = _edit_rows(module, rows, spec, neuron_set.factors.get((layer, site)))
                 ablation.weight_edits.append((module, rows, saved))
             else:
-                means = neuron_set.means.get((layer, site)) if spec.mode == "mean" else None
-                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, means)))
+                values = {"mean": neuron_set.means, "dampen": neuron_set.factors}.get(spec.mode, {}).get((layer, site))
+                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, values)))
     except BaseException:
         ablation.remove()
         raise

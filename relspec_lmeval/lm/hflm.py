@@ -56,8 +56,9 @@ class RelspecHFLM(HFLM):
         Args:
             neuron_set: a neuron-set file, a shipped set name (``relspec-tiny/person_father``),
                 or several joined with ``+`` (their union). Left out: the unmodified model.
-            mode: ``zero`` (the paper's), ``scale`` (multiply by ``factor``) or ``mean`` (set to
-                the per-neuron means stored in the file).
+            mode: ``zero`` (the paper's), ``scale`` (multiply by ``factor``), ``mean`` (set to
+                the per-neuron means stored in the file) or ``dampen`` (multiply each neuron by
+                its factor stored in the file: AurA's, written by ``relspec dampen``).
             ablate_with: ``auto`` (weight edits where exact, hooks elsewhere), ``weights`` or ``hooks``.
             allow_empty: accept a set with no neurons (recorded as such in the results).
 
