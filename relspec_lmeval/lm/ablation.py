@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.lm.positions import PositionMask, check_positions
 from relspec_lmeval.modelio.mlps import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
@@ -35,6 +36,7 @@ class AblationSpec:
 
     ``dampen`` multiplies each neuron's output by its own factor, stored in the set file
     (``NeuronSet.factors``, written by ``relspec dampen``: AurA's 1 − α·(2·AUROC − 1)).
+    ``positions`` other than ``all`` (``lm.positions``) ablate only some token positions, by hooks.
 
     Raises ``NeuronSetError`` for an unknown mode or method, a missing, non-numeric or
     non-finite factor, or a factor given without ``mode=scale``.
@@ -43,8 +45,14 @@ class AblationSpec:
     mode: str = "zero"
     factor: float | None = None
     method: str = "auto"
+    positions: str = "all"
 
     def __post_init__(self) -> None:
+        check_positions(self.positions)
+        if self.positions != "all" and self.method == "weights":
+            raise NeuronSetError(
+                f"positions={self.positions} needs hooks (a weight edit changes every position); use ablate_with=auto or hooks"
+            )
         if self.mode not in MODES:
             raise NeuronSetError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}.{did_you_mean(str(self.mode), MODES)}")
         if self.method not in METHODS:
@@ -93,8 +101,20 @@ class Ablation:
         self.hooks.clear()
 
 
-def _output_hook(index: torch.Tensor, spec: AblationSpec, values: torch.Tensor | None):
-    """The hook rewriting ``index``'s channels; ``values``: the means (mean) or factors (dampen)."""
+def _edited(selected: torch.Tensor, spec: AblationSpec, value: torch.Tensor | None) -> torch.Tensor:
+    """The ablated values of the selected channels ``[..., k]`` (for a position mask)."""
+    if spec.mode == "zero":
+        return torch.zeros_like(selected)
+    if spec.mode == "scale":
+        return selected * spec.factor
+    if spec.mode == "dampen":
+        return (selected.to(torch.float32) * value).to(selected.dtype)
+    return value.to(selected.dtype).expand_as(selected)
+
+
+def _output_hook(index: torch.Tensor, spec: AblationSpec, values: torch.Tensor | None, positions: PositionMask | None):
+    """The hook rewriting ``index``'s channels; ``values``: the means (mean) or factors (dampen);
+    ``positions``: where (None: every position)."""
     # Index tensors follow the output to its device once (sharded and offloaded models).
     per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -104,6 +124,15 @@ def _output_hook(index: torch.Tensor, spec: AblationSpec, values: torch.Tensor |
         if device not in per_device:
             per_device[device] = (index.to(device), None if values is None else values.to(device))
         idx, value = per_device[device]
+        where = None if positions is None else positions.on(device)
+        if where is False:  # no position of this pass
+            return output
+        if where is not None:
+            if tuple(where.shape) != tuple(out.shape[:-1]):
+                raise RuntimeError(f"relspec-hf: position mask {tuple(where.shape)} for an output of shape {tuple(out.shape)}")
+            selected = out[..., idx]
+            out[..., idx] = torch.where(where.unsqueeze(-1), _edited(selected, spec, value), selected)
+            return output
         if spec.mode == "zero":
             out.index_fill_(-1, idx, 0.0)
         elif spec.mode == "scale":
@@ -147,8 +176,13 @@ def _edit_rows(module: nn.Linear, rows: torch.Tensor, spec: AblationSpec, factor
     return saved
 
 
-def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None) -> Ablation:
+def apply_ablation(
+    model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None, positions: PositionMask | None = None
+) -> Ablation:
     """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle.
+
+    With ``spec.positions`` other than ``all``, ``positions`` (the caller's ``PositionMask``,
+    told what each forward pass holds) decides where; it is required then.
 
     Raises ``UnsupportedModelError`` for MLPs without separate gate/up/down projections and
     ``NeuronSetError`` when the set does not fit the model or the mode cannot be applied;
@@ -158,12 +192,17 @@ def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec |
     mlps = find_mlps(model)
     neuron_set.validate(model_shape(model), allow_empty=True)  # callers decide whether empty is allowed
     check_mode_fits(neuron_set, spec)
+    if spec.positions != "all" and (positions is None or positions.positions != spec.positions):
+        raise NeuronSetError(f"positions={spec.positions} needs a PositionMask of the same positions (relspec-hf makes one)")
+    masked = positions if spec.positions != "all" else None
     ablation = Ablation()
     try:
+        if masked is not None and neuron_set.neurons:
+            ablation.hooks.append(mlps[0].register_forward_pre_hook(masked.start_forward))
         for (layer, site), index in neuron_set.neurons.items():
             module = getattr(mlps[layer], site)
             use_weights = spec.method == "weights" or (
-                spec.method == "auto" and spec.mode != "mean" and _weight_editable(module)
+                spec.method == "auto" and spec.mode != "mean" and masked is None and _weight_editable(module)
             )
             if use_weights:
                 if spec.mode == "mean" or not _weight_editable(module):
@@ -176,7 +215,7 @@ def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec |
                 ablation.weight_edits.append((module, rows, saved))
             else:
                 values = {"mean": neuron_set.means, "dampen": neuron_set.factors}.get(spec.mode, {}).get((layer, site))
-                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, values)))
+                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, values, masked)))
     except BaseException:
         ablation.remove()
         raise
