@@ -129,6 +129,8 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`mode=dampen` with a set that stores no factors", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "dampen"}),
         ("a set with no neurons (`relspec-hf`)", {"pretrained": tiny, "neuron_set": str(f["empty"])}),
         ("a set made for another model (`relspec-hf`)", {"pretrained": tiny, "neuron_set": str(f["wide"])}),
+        ("`positions=promt`", {"pretrained": tiny, "neuron_set": str(f["good"]), "positions": "promt"}),
+        ("`positions=last` with `ablate_with=weights`", {"pretrained": tiny, "neuron_set": str(f["good"]), "positions": "last", "ablate_with": "weights"}),
         ("`mode=off`", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "off"}),
     ]
 
