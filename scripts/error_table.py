@@ -120,13 +120,17 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`identify --k` larger than the model", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--k", "999999", "--out", str(f["user_folder"].parent / "s")]),
         ("`identify --model` that does not exist", ["identify", "--model", str(f["user_folder"].parent / "no-model"), "--data", "relation_recall_synthetic_det", "--out", str(f["user_folder"].parent / "s")]),
         ("`reproduce --suite` unknown", ["reproduce", "--model", tiny, "--neuron-sets", "relspec-tiny", "--suite", "lre2", "--out", str(f["user_folder"].parent / "r")]),
+        ("`dampen` a set scored by AP (AurA's factors need AUROC)", ["dampen", "relspec-tiny/person_father"]),
         ("`compare` a folder without results", ["compare", str(f["user_folder"]), str(f["user_folder"])]),
         ("`neuron_set=` (empty)", {"pretrained": tiny, "neuron_set": ""}),
         ("`neuron_set=none`", {"pretrained": tiny, "neuron_set": "none"}),
         ("`mode=scale,factor=inf`", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "scale", "factor": "inf"}),
         ("`mode=mean` with NaN means in the file", {"pretrained": tiny, "neuron_set": str(f["nan_means"]), "mode": "mean"}),
+        ("`mode=dampen` with a set that stores no factors", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "dampen"}),
         ("a set with no neurons (`relspec-hf`)", {"pretrained": tiny, "neuron_set": str(f["empty"])}),
         ("a set made for another model (`relspec-hf`)", {"pretrained": tiny, "neuron_set": str(f["wide"])}),
+        ("`positions=promt`", {"pretrained": tiny, "neuron_set": str(f["good"]), "positions": "promt"}),
+        ("`positions=last` with `ablate_with=weights`", {"pretrained": tiny, "neuron_set": str(f["good"]), "positions": "last", "ablate_with": "weights"}),
         ("`mode=off`", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "off"}),
     ]
 

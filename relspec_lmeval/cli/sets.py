@@ -1,4 +1,4 @@
-"""``relspec info | export | random | select``: commands on neuron-set files."""
+"""``relspec info | export | random | select | dampen``: commands on neuron-set files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from relspec_lmeval.cli.common import command_line
 from relspec_lmeval.identify.controls import random_sets, select_sets
+from relspec_lmeval.identify.dampen import dampen_sets
 from relspec_lmeval.modelio.dtype import DTYPES
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path
@@ -37,7 +38,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
             print(f"  prompts    {data['positives']} positives, {data.get('negatives', '?')} negatives "
                   f"({data.get('correct', '?')} of {data.get('det_prompts', '?')} P^det prompts answered correctly)")
         print(f"  made by    relspec-lmeval {meta.get('package_version', '?')}: {meta.get('command', '-')}")
-        print(f"  means      {'yes' if summary['has_means'] else 'no'}   scores {'yes' if summary['has_scores'] else 'no'}")
+        print(f"  means      {'yes' if summary['has_means'] else 'no'}   scores {'yes' if summary['has_scores'] else 'no'}"
+              f"   factors {'yes' if summary['has_factors'] else 'no'}")
         print("  per layer  " + "  ".join(f"L{layer}:{sum(c.values())}" for layer, c in summary["count_per_layer"].items()))
 
 
@@ -68,6 +70,14 @@ def _cmd_select(args: argparse.Namespace) -> None:
         print(f"wrote {path}{note}")
 
 
+def _cmd_dampen(args: argparse.Namespace) -> None:
+    written = dampen_sets(args.inputs, alpha=args.alpha, threshold=args.threshold, out=args.out, command=command_line(args))
+    note = _why_here(args.out, args.inputs)
+    for path, made in written:
+        factors = [f for values in made.factors.values() for f in values.tolist()]
+        print(f"wrote {path} ({len(made)} neurons, factors {min(factors):.3g} to {max(factors):.3g}){note}")
+
+
 def _why_here(out: str | None, inputs: list[str]) -> str:
     """Say so when a default output went to the working directory because an input is shipped."""
     if out is None and any(is_read_only(resolve_set_path(name)) for name in inputs):  # paths and short names alike
@@ -76,7 +86,7 @@ def _why_here(out: str | None, inputs: list[str]) -> str:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``info``, ``export``, ``random`` and ``select`` to the ``relspec`` command."""
+    """Add ``info``, ``export``, ``random``, ``select`` and ``dampen`` to the ``relspec`` command."""
     info = sub.add_parser("info", help="print a neuron-set file's summary")
     info.add_argument("files", nargs="+", metavar="FILE", help="neuron-set file or shipped set name")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -86,7 +96,8 @@ def add_parsers(sub: Any) -> None:
     export.add_argument("--model", required=True, help="hub id, local folder or shipped model name")
     export.add_argument("--neuron-set", required=True, help="file(s) or shipped name(s), joined with +")
     export.add_argument("--out", required=True, help="output folder (a new one, or one an earlier export wrote)")
-    export.add_argument("--mode", default="zero", choices=["zero", "scale"])
+    export.add_argument("--mode", default="zero", choices=["zero", "scale", "dampen"],
+                        help="zero (default), scale (by --factor) or dampen (by the set's own factors, `relspec dampen`)")
     export.add_argument("--factor", type=float, default=None, help="with --mode scale")
     export.add_argument("--revision", default=None)
     export.add_argument("--gguf-file", default=None, metavar="NAME", help="with --model a folder: the GGUF file in it")
@@ -110,3 +121,11 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--skip", type=int, default=0, help="skip the first N ranks (ranks N+1..N+k; top only)")
     s.add_argument("--out", default=None, help="output folder (default: k<N> beside the scores folder, or in the working directory for shipped scores)")
     s.set_defaults(func=_cmd_select)
+
+    d = sub.add_parser("dampen", help="store AurA's per-neuron factors 1 - alpha*(2*AUROC - 1) for mode=dampen (no model run)")
+    d.add_argument("inputs", nargs="+", metavar="FILE",
+                   help="a set made with --method auroc (its neurons get factors), or a scores file (every neuron with AUROC > threshold)")
+    d.add_argument("--alpha", type=float, default=1.0, help="dampening strength in [0, 1] (default 1: AurA's)")
+    d.add_argument("--threshold", type=float, default=0.5, help="neurons with AUROC above it are dampened (default 0.5: AurA's)")
+    d.add_argument("--out", default=None, help="output folder (default: dampen[-a<A>][-t<T>]/ beside a set, dampen-all…/ beside scores/; the working directory for shipped files)")
+    d.set_defaults(func=_cmd_dampen)

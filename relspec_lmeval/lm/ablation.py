@@ -1,6 +1,7 @@
 """Switching neurons off inside a transformers model, and always being able to undo it.
 
-For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f)
+For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f,
+one factor for all with ``mode=scale``, the set's per-neuron factors with ``mode=dampen``)
 is exactly setting row j of the weight to 0 (or scaling it): the edit costs nothing at run
 time and works on ``device_map``-sharded models. Where that is not exact or not possible
 (an MLP bias, PEFT/LoRA wrappers, quantized or offloaded weights, ``mode=mean``) a forward
@@ -18,19 +19,24 @@ import torch
 from torch import nn
 
 from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.lm.positions import PositionMask, check_positions
 from relspec_lmeval.modelio.mlps import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
 
 __all__ = ["METHODS", "MODES", "Ablation", "AblationSpec", "ablated", "apply_ablation", "check_mode_fits"]
 
-MODES = ("zero", "scale", "mean")
+MODES = ("zero", "scale", "mean", "dampen")
 METHODS = ("auto", "weights", "hooks")
 
 
 @dataclass
 class AblationSpec:
-    """How to switch neurons off: ``mode`` zero|scale|mean, ``factor`` (scale), ``method`` auto|weights|hooks.
+    """How to switch neurons off: ``mode`` zero|scale|mean|dampen, ``factor`` (scale), ``method`` auto|weights|hooks.
+
+    ``dampen`` multiplies each neuron's output by its own factor, stored in the set file
+    (``NeuronSet.factors``, written by ``relspec dampen``: AurA's 1 − α·(2·AUROC − 1)).
+    ``positions`` other than ``all`` (``lm.positions``) ablate only some token positions, by hooks.
 
     Raises ``NeuronSetError`` for an unknown mode or method, a missing, non-numeric or
     non-finite factor, or a factor given without ``mode=scale``.
@@ -39,8 +45,14 @@ class AblationSpec:
     mode: str = "zero"
     factor: float | None = None
     method: str = "auto"
+    positions: str = "all"
 
     def __post_init__(self) -> None:
+        check_positions(self.positions)
+        if self.positions != "all" and self.method == "weights":
+            raise NeuronSetError(
+                f"positions={self.positions} needs hooks (a weight edit changes every position); use ablate_with=auto or hooks"
+            )
         if self.mode not in MODES:
             raise NeuronSetError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}.{did_you_mean(str(self.mode), MODES)}")
         if self.method not in METHODS:
@@ -89,7 +101,20 @@ class Ablation:
         self.hooks.clear()
 
 
-def _output_hook(index: torch.Tensor, spec: AblationSpec, means: torch.Tensor | None):
+def _edited(selected: torch.Tensor, spec: AblationSpec, value: torch.Tensor | None) -> torch.Tensor:
+    """The ablated values of the selected channels ``[..., k]`` (for a position mask)."""
+    if spec.mode == "zero":
+        return torch.zeros_like(selected)
+    if spec.mode == "scale":
+        return selected * spec.factor
+    if spec.mode == "dampen":
+        return (selected.to(torch.float32) * value).to(selected.dtype)
+    return value.to(selected.dtype).expand_as(selected)
+
+
+def _output_hook(index: torch.Tensor, spec: AblationSpec, values: torch.Tensor | None, positions: PositionMask | None):
+    """The hook rewriting ``index``'s channels; ``values``: the means (mean) or factors (dampen);
+    ``positions``: where (None: every position)."""
     # Index tensors follow the output to its device once (sharded and offloaded models).
     per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
@@ -97,30 +122,67 @@ def _output_hook(index: torch.Tensor, spec: AblationSpec, means: torch.Tensor | 
         out = output[0] if isinstance(output, tuple) else output
         device = out.device
         if device not in per_device:
-            per_device[device] = (index.to(device), None if means is None else means.to(device))
-        idx, mean = per_device[device]
+            per_device[device] = (index.to(device), None if values is None else values.to(device))
+        idx, value = per_device[device]
+        where = None if positions is None else positions.on(device)
+        if where is False:  # no position of this pass
+            return output
+        if where is not None:
+            if tuple(where.shape) != tuple(out.shape[:-1]):
+                raise RuntimeError(f"relspec-hf: position mask {tuple(where.shape)} for an output of shape {tuple(out.shape)}")
+            selected = out[..., idx]
+            out[..., idx] = torch.where(where.unsqueeze(-1), _edited(selected, spec, value), selected)
+            return output
         if spec.mode == "zero":
             out.index_fill_(-1, idx, 0.0)
         elif spec.mode == "scale":
             out[..., idx] *= spec.factor
+        elif spec.mode == "dampen":  # in float32, rounded once to the output's dtype
+            out[..., idx] = (out[..., idx].to(torch.float32) * value).to(out.dtype)
         else:
-            out[..., idx] = mean.to(out.dtype)
+            out[..., idx] = value.to(out.dtype)
         return output
 
     return hook
 
 
 def check_mode_fits(neuron_set: NeuronSet, spec: AblationSpec) -> None:
-    """``mode=mean`` needs the per-neuron means that ``relspec identify`` stores."""
+    """``mode=mean`` needs the per-neuron means that ``relspec identify`` stores, ``mode=dampen``
+    the factors that ``relspec dampen`` stores."""
     if spec.mode == "mean" and len(neuron_set) and not neuron_set.has_means:
         raise NeuronSetError(
             f"mode=mean needs per-neuron means in the neuron-set file, and {neuron_set.path or 'this set'} has none; "
             "use mode=zero, or a set written by `relspec identify` (it stores the means)"
         )
+    if spec.mode == "dampen" and len(neuron_set) and not neuron_set.has_factors:
+        where = neuron_set.path or "this set"
+        raise NeuronSetError(
+            f"mode=dampen needs per-neuron factors in the neuron-set file, and {where} has none; "
+            f"write them with `relspec dampen {where}` (from the AUROC scores of `relspec identify --method auroc`), or use mode=zero"
+        )
 
 
-def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None) -> Ablation:
+def _edit_rows(module: nn.Linear, rows: torch.Tensor, spec: AblationSpec, factors: torch.Tensor | None) -> torch.Tensor:
+    """Zero or scale ``rows`` of the weight in place; returns the saved rows (the undo)."""
+    with torch.no_grad():
+        saved = module.weight.index_select(0, rows).clone()
+        if spec.mode == "zero":
+            module.weight.index_fill_(0, rows, 0.0)
+        elif spec.mode == "scale":
+            module.weight[rows] *= spec.factor
+        else:  # dampen: each row by its factor, in float32, rounded once to the weight's dtype
+            scale = factors.to(device=saved.device, dtype=torch.float32).unsqueeze(1)
+            module.weight.index_copy_(0, rows, (saved.to(torch.float32) * scale).to(saved.dtype))
+    return saved
+
+
+def apply_ablation(
+    model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec | None = None, positions: PositionMask | None = None
+) -> Ablation:
     """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle.
+
+    With ``spec.positions`` other than ``all``, ``positions`` (the caller's ``PositionMask``,
+    told what each forward pass holds) decides where; it is required then.
 
     Raises ``UnsupportedModelError`` for MLPs without separate gate/up/down projections and
     ``NeuronSetError`` when the set does not fit the model or the mode cannot be applied;
@@ -130,12 +192,17 @@ def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec |
     mlps = find_mlps(model)
     neuron_set.validate(model_shape(model), allow_empty=True)  # callers decide whether empty is allowed
     check_mode_fits(neuron_set, spec)
+    if spec.positions != "all" and (positions is None or positions.positions != spec.positions):
+        raise NeuronSetError(f"positions={spec.positions} needs a PositionMask of the same positions (relspec-hf makes one)")
+    masked = positions if spec.positions != "all" else None
     ablation = Ablation()
     try:
+        if masked is not None and neuron_set.neurons:
+            ablation.hooks.append(mlps[0].register_forward_pre_hook(masked.start_forward))
         for (layer, site), index in neuron_set.neurons.items():
             module = getattr(mlps[layer], site)
             use_weights = spec.method == "weights" or (
-                spec.method == "auto" and spec.mode != "mean" and _weight_editable(module)
+                spec.method == "auto" and spec.mode != "mean" and masked is None and _weight_editable(module)
             )
             if use_weights:
                 if spec.mode == "mean" or not _weight_editable(module):
@@ -144,16 +211,11 @@ def apply_ablation(model: nn.Module, neuron_set: NeuronSet, spec: AblationSpec |
                         f"with mode={spec.mode}; use ablate_with=hooks or auto"
                     )
                 rows = index.to(module.weight.device)
-                with torch.no_grad():
-                    saved = module.weight.index_select(0, rows).clone()
-                    if spec.mode == "zero":
-                        module.weight.index_fill_(0, rows, 0.0)
-                    else:
-                        module.weight[rows] *= spec.factor
+                saved = _edit_rows(module, rows, spec, neuron_set.factors.get((layer, site)))
                 ablation.weight_edits.append((module, rows, saved))
             else:
-                means = neuron_set.means.get((layer, site)) if spec.mode == "mean" else None
-                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, means)))
+                values = {"mean": neuron_set.means, "dampen": neuron_set.factors}.get(spec.mode, {}).get((layer, site))
+                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, values, masked)))
     except BaseException:
         ablation.remove()
         raise

@@ -16,7 +16,7 @@ from typing import Any
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import OutputError
-from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation
+from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_mode_fits
 from relspec_lmeval.modelio.dtype import parse_dtype
 from relspec_lmeval.modelio.load import load_config, resolve_pretrained
 from relspec_lmeval.sets.neuron_set import union_all
@@ -92,6 +92,7 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     shape = ModelShape.from_config(load_config(cfg.model, cfg.revision, cfg.gguf_file))
     for s in sets:  # before the (slow) weight load
         s.validate(shape, allow_empty=cfg.allow_empty)
+        check_mode_fits(s, spec)
     source = resolve_pretrained(cfg.model, cfg.gguf_file)  # a GGUF model: its cached plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)

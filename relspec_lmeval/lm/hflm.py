@@ -4,6 +4,13 @@
 Everything else (batching, ``parallelize``, accelerate data parallel, dtype, PEFT, all
 request types) is HFLM's own: this class only edits the loaded model once, after HFLM has
 placed it, and reports what it did under the ``relspec`` key of the results' config.
+
+With ``positions=prompt|last|generated`` (``lm.positions``) it also tells the hooks, before
+each forward pass, which positions of which row are prompt and which answer: loglikelihood
+requests go to HFLM's ``_loglikelihood_tokens`` in batches planned here (``plan_chunks``),
+``_model_call`` checks each batch against its plan, ``_model_generate`` marks a ``generate``
+call (prefill = prompt, then one generated token per step), ``loglikelihood_rolling`` makes
+every position a prompt position, and batch-size detection passes ablate everywhere.
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.lm.ablation import Ablation, AblationSpec, apply_ablation, check_mode_fits
+from relspec_lmeval.lm.positions import PositionMask, Row, plan_chunks
 from relspec_lmeval.modelio.load import load_config, resolve_pretrained
 from relspec_lmeval.modelio.mlps import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
@@ -50,22 +60,29 @@ class RelspecHFLM(HFLM):
         factor: float | None = None,
         ablate_with: str = "auto",
         allow_empty: Any = False,
+        positions: str = "all",
         **kwargs: Any,
     ) -> None:
         """
         Args:
             neuron_set: a neuron-set file, a shipped set name (``relspec-tiny/person_father``),
                 or several joined with ``+`` (their union). Left out: the unmodified model.
-            mode: ``zero`` (the paper's), ``scale`` (multiply by ``factor``) or ``mean`` (set to
-                the per-neuron means stored in the file).
+            mode: ``zero`` (the paper's), ``scale`` (multiply by ``factor``), ``mean`` (set to
+                the per-neuron means stored in the file) or ``dampen`` (multiply each neuron by
+                its factor stored in the file: AurA's, written by ``relspec dampen``).
             ablate_with: ``auto`` (weight edits where exact, hooks elsewhere), ``weights`` or ``hooks``.
             allow_empty: accept a set with no neurons (recorded as such in the results).
+            positions: ``all`` (default, the paper's), ``prompt``, ``last`` (the last prompt token)
+                or ``generated`` (the answer tokens): where the neurons are switched off (hooks).
 
         Raises ``NeuronSetError`` (an empty ``neuron_set=`` value, a missing or malformed file,
         a set of another model shape, a bad mode or factor) before the weights are loaded.
         """
         # Everything that can be wrong with the set is checked before the (slow) model load.
-        self.relspec_spec = AblationSpec(mode=mode, factor=factor, method=ablate_with)
+        self.relspec_spec = AblationSpec(mode=mode, factor=factor, method=ablate_with, positions=positions)
+        self.relspec_positions = PositionMask(positions) if positions != "all" else None
+        self._relspec_rows: list[Row] | None = None  # the rows of the next _model_call (positions != all)
+        self._relspec_rolling = False
         self.relspec_allow_empty = _flag(allow_empty, "allow_empty")
         self.relspec_sets: list[NeuronSet] = [] if neuron_set is _NOT_GIVEN else load_sets(neuron_set)
         self.relspec_ablation: Ablation | None = None
@@ -99,7 +116,7 @@ class RelspecHFLM(HFLM):
             self.relspec_ablation = None
         self.relspec_sets = []  # if applying fails, the record says what the model is: unmodified
         if sets:
-            self.relspec_ablation = apply_ablation(self._model, union_all(sets), self.relspec_spec)
+            self.relspec_ablation = apply_ablation(self._model, union_all(sets), self.relspec_spec, self.relspec_positions)
         self.relspec_sets = sets
 
     @property
@@ -108,7 +125,8 @@ class RelspecHFLM(HFLM):
         if not self.relspec_sets:
             return None
         info = self.relspec_info()
-        return hashlib.sha256(json.dumps([info["sets"], info["mode"], info["factor"]], sort_keys=True, default=str).encode()).hexdigest()
+        key = [info["sets"], info["mode"], info["factor"]] + ([info["positions"]] if info["positions"] != "all" else [])
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
     def relspec_info(self) -> dict[str, Any]:
         """The documented ``relspec`` block of the results JSON (see docs/file-format.md)."""
@@ -129,8 +147,70 @@ class RelspecHFLM(HFLM):
             "empty": bool(self.relspec_sets) and not any(len(s) for s in self.relspec_sets),
             "mode": self.relspec_spec.mode if self.relspec_sets else None,
             "factor": self.relspec_spec.factor,
+            "positions": self.relspec_spec.positions if self.relspec_sets else None,
             "applied_with": self.relspec_ablation.methods if self.relspec_ablation else [],
         }
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), RESULTS_KEY: self.relspec_info()}
+
+    # ---- positions != all: tell the hooks what each forward pass holds ---------------------
+    def _masking(self) -> PositionMask | None:
+        return self.relspec_positions if self.relspec_ablation is not None and self.relspec_sets else None
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        masks = self._masking()
+        if masks is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        if self.backend != "causal":
+            raise NeuronSetError(f"positions={masks.positions} works with decoder-only (causal) models only")
+        size = self.batch_size
+        if size == "auto":  # as HFLM: the given size, else one detected on the longest request
+            size = override_bs or (self._detect_batch_size([max(requests, key=lambda r: len(r[1]) + len(r[2]))], 0) if requests else 1)
+        results: list = [None] * len(requests)
+        chunks = plan_chunks(requests, self.max_length, size, grouped=bool(self.logits_cache), rolling=self._relspec_rolling)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
+        for indices, rows in chunks:
+            self._relspec_rows = rows
+            try:
+                answers = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=True, override_bs=size)
+            finally:
+                self._relspec_rows = None
+            for i, answer in zip(indices, answers, strict=True):
+                results[i] = answer
+            bar.update(len(indices))
+        bar.close()
+        return results
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        masks = self._masking()
+        if masks is None:
+            return super()._model_call(inps, attn_mask, labels)
+        rows, self._relspec_rows = self._relspec_rows, None  # one pass per planned batch
+        if rows is None:
+            return super()._model_call(inps, attn_mask, labels)  # unplanned: the pre-hook refuses it
+        with masks.rows(rows, inps):
+            return super()._model_call(inps, attn_mask, labels)
+
+    def _detect_batch_size(self, requests=None, pos: int = 0):
+        masks = self._masking()
+        if masks is None:
+            return super()._detect_batch_size(requests, pos)
+        with masks.probe():
+            return super()._detect_batch_size(requests, pos)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        """Perplexity: a document has no answer, so every position is a prompt position."""
+        self._relspec_rolling = True
+        try:
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._relspec_rolling = False
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        masks = self._masking()
+        if masks is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        attention = generation_kwargs.get("attention_mask")
+        with masks.generating(attention if attention is not None else torch.ones_like(context)):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)

@@ -8,6 +8,8 @@ A sets folder is what ``relspec identify --out`` writes and ``relspec reproduce
     <root>/random/<relation>-seed<N>.safetensors   random controls like the set
     <root>/random/<relation>-layer-seed<N>.safetensors   the same, drawn per (layer, site)
     <root>/k<N>[-both][-skip<S>]/<relation>.safetensors   re-cuts by ``relspec select``
+    <dir>/dampen[-a<A>][-t<T>]/<name>.safetensors   a set of <dir> with AurA's factors (``relspec dampen``)
+    <root>/dampen-all[-a<A>][-t<T>]/<relation>.safetensors   every neuron above the threshold, from scores/
     <root>/summary.json                        what identify did, per relation
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from relspec_lmeval.sets.fileformat import SUFFIX
 
-__all__ = ["SCORES_DIR", "SUMMARY_FILE", "SetsFolder", "cut_name"]
+__all__ = ["SCORES_DIR", "SUMMARY_FILE", "SetsFolder", "cut_name", "dampen_name"]
 
 SCORES_DIR = "scores"
 RANDOM_DIR = "random"
@@ -29,6 +31,13 @@ SUMMARY_FILE = "summary.json"
 def cut_name(k: int, select: str = "top", skip: int = 0) -> str:
     """``k384``, ``k384-both``, ``k300-skip200``: the folder of one re-cut."""
     return f"k{k}" + ("-both" if select == "both" else "") + (f"-skip{skip}" if skip else "")
+
+
+def dampen_name(alpha: float = 1.0, threshold: float = 0.5, *, every_neuron: bool = False) -> str:
+    """``dampen``, ``dampen-a0.5``, ``dampen-all-t0.6``: the folder of ``relspec dampen``'s sets."""
+    return ("dampen-all" if every_neuron else "dampen") + (f"-a{alpha:g}" if alpha != 1.0 else "") + (
+        f"-t{threshold:g}" if threshold != 0.5 else ""
+    )
 
 
 @dataclass(frozen=True)

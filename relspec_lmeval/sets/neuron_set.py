@@ -5,8 +5,9 @@ A neuron is one output channel of ``gate_proj`` (before the activation), ``up_pr
 a neuron is. One set per safetensors file (never pickle):
 
 * ``layers.{L}.{site}.indices``: int64, sorted, unique channel indices;
-* ``layers.{L}.{site}.scores`` / ``.means`` (optional, float32, aligned with the indices):
-  the identification score and the neuron's mean output (``mode=mean`` needs the means);
+* ``layers.{L}.{site}.scores`` / ``.means`` / ``.factors`` (optional, float32, aligned with
+  the indices): the identification score, the neuron's mean output (``mode=mean`` needs the
+  means) and its output multiplier (``mode=dampen`` needs the factors; ``relspec dampen``);
 * one safetensors metadata entry ``relspec``: JSON ``{"format": "relspec-neuron-set",
   "format_version": "1", "metadata": {...}}``, the metadata being an open bag (model, method,
   parameters, relation, data hash, k, package version, command). One entry, because
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES, ModelShape, Site
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
-__all__ = ["NeuronSet", "union_all"]
+__all__ = ["EXTRAS", "NeuronSet", "union_all"]
 
+EXTRAS = ("scores", "means", "factors")  # the optional per-neuron tensors, aligned with the indices
 
 
 def _as_index_tensor(values: Any) -> torch.Tensor:
@@ -50,6 +52,7 @@ class NeuronSet:
     scores: dict[Site, torch.Tensor] = field(default_factory=dict)
     means: dict[Site, torch.Tensor] = field(default_factory=dict)
     path: Path | None = None
+    factors: dict[Site, torch.Tensor] = field(default_factory=dict)
     # (path, size, mtime_ns) → sha256 of the file: a set is hashed once however often it is reported
     _digest: tuple[tuple[str, int, int], str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -71,7 +74,7 @@ class NeuronSet:
         for key, idx in cleaned.items():
             order = torch.argsort(idx)
             cleaned[key] = idx[order]
-            for extra_name in ("scores", "means"):
+            for extra_name in EXTRAS:
                 extra = getattr(self, extra_name)
                 if key in extra:
                     values = torch.as_tensor(extra[key], dtype=torch.float32).flatten()
@@ -81,7 +84,7 @@ class NeuronSet:
                         )
                     extra[key] = values[order]
         self.neurons = dict(sorted(cleaned.items(), key=lambda kv: (kv[0][0], SITES.index(kv[0][1]))))
-        for extra_name in ("scores", "means"):
+        for extra_name in EXTRAS:
             extra = getattr(self, extra_name)
             stray = set(extra) - set(self.neurons)
             if stray:
@@ -94,6 +97,11 @@ class NeuronSet:
     @property
     def has_means(self) -> bool:
         return bool(self.neurons) and set(self.means) == set(self.neurons)
+
+    @property
+    def has_factors(self) -> bool:
+        """Every site carries per-neuron factors (what ``mode=dampen`` multiplies the outputs by)."""
+        return bool(self.neurons) and set(self.factors) == set(self.neurons)
 
     def keys(self) -> set[tuple[int, str, int]]:
         """Every neuron as a (layer, site, index) triple."""
@@ -146,9 +154,10 @@ class NeuronSet:
                 raise NeuronSetError(
                     f"{self._label()}: layer {layer} {site} index {int(idx.max())} out of range (width {width})"
                 )
-        for (layer, site), values in self.means.items():
-            if not bool(torch.isfinite(values).all()):
-                raise NeuronSetError(f"{self._label()}: layer {layer} {site} has non-finite means (NaN or inf)")
+        for name in ("means", "factors"):
+            for (layer, site), values in getattr(self, name).items():
+                if not bool(torch.isfinite(values).all()):
+                    raise NeuronSetError(f"{self._label()}: layer {layer} {site} has non-finite {name} (NaN or inf)")
 
     def recorded_shape(self) -> ModelShape:
         """The model shape in the set's metadata (``NeuronSetError`` when it records none or a malformed one)."""
@@ -164,21 +173,31 @@ class NeuronSet:
         keys: Iterable[tuple[int, str, int]],
         metadata: Mapping[str, Any] | None = None,
         means: Mapping[tuple[int, str, int], float] | None = None,
+        factors: Mapping[tuple[int, str, int], float] | None = None,
     ) -> NeuronSet:
         grouped: dict[Site, list[int]] = {}
         for layer, site, index in keys:
             grouped.setdefault((int(layer), site), []).append(int(index))
-        per_site_means = (
-            {k: torch.tensor([means[(k[0], k[1], i)] for i in v]) for k, v in grouped.items()} if means is not None else {}
-        )
-        return cls({k: torch.tensor(v, dtype=torch.int64) for k, v in grouped.items()}, dict(metadata or {}), means=per_site_means)
+
+        def per_site(values: Mapping[tuple[int, str, int], float] | None) -> dict[Site, torch.Tensor]:
+            if values is None:
+                return {}
+            return {k: torch.tensor([values[(k[0], k[1], i)] for i in v], dtype=torch.float32) for k, v in grouped.items()}
+
+        return cls({k: torch.tensor(v, dtype=torch.int64) for k, v in grouped.items()}, dict(metadata or {}),
+                   means=per_site(means), factors=per_site(factors))
 
     def union(self, *others: NeuronSet) -> NeuronSet:
-        """All neurons of all sets; means are kept when every part has them."""
+        """All neurons of all sets; means and factors are kept when every part has them.
+
+        A neuron in several parts keeps the last part's mean and the smallest of its factors
+        (the strongest dampening; so ``A.union(A)`` is ``A``).
+        """
         parts = (self, *others)
-        means = _merged_means(parts)
         keys = self.keys().union(*(o.keys() for o in others))
-        return NeuronSet.from_keys(keys, {"operation": "union", "parts": [s._summary() for s in parts]}, means)
+        return NeuronSet.from_keys(
+            keys, {"operation": "union", "parts": [s._summary() for s in parts]}, _merged(parts, "means", _last), _merged(parts, "factors", min)
+        )
 
     def intersection(self, other: NeuronSet) -> NeuronSet:
         return NeuronSet.from_keys(
@@ -200,7 +219,7 @@ class NeuronSet:
         tensors: dict[str, torch.Tensor] = {}
         for (layer, site), idx in self.neurons.items():
             tensors[f"layers.{layer}.{site}.indices"] = idx.contiguous()
-            for extra_name in ("scores", "means"):
+            for extra_name in EXTRAS:
                 extra = getattr(self, extra_name)
                 if (layer, site) in extra:
                     tensors[f"layers.{layer}.{site}.{extra_name}"] = extra[(layer, site)].contiguous()
@@ -219,9 +238,9 @@ class NeuronSet:
     def load(cls, path: str | os.PathLike) -> NeuronSet:
         path = Path(path)
         tensors, metadata = read_relspec_file(path, FORMAT_NAME, FORMAT_VERSION, "neuron-set")
-        parts = site_tensors(path, tensors, ("indices", "scores", "means"))
+        parts = site_tensors(path, tensors, ("indices", *EXTRAS))
         try:
-            result = cls(parts["indices"], metadata, parts["scores"], parts["means"], path=path)
+            result = cls(parts["indices"], metadata, parts["scores"], parts["means"], path=path, factors=parts["factors"])
         except NeuronSetError as exc:
             raise NeuronSetError(f"{path}: {exc}") from None
         return result
@@ -250,18 +269,27 @@ class NeuronSet:
             "count_per_layer": {str(k): v for k, v in self.count_per_layer().items()},
             "has_scores": bool(self.scores),
             "has_means": self.has_means,
+            "has_factors": self.has_factors,
             "metadata": self.metadata,
         }
 
 
-def _merged_means(sets: Iterable[NeuronSet]) -> dict[tuple[int, str, int], float] | None:
+def _last(old: float, new: float) -> float:
+    return new
+
+
+def _merged(sets: Iterable[NeuronSet], name: str, pick: Callable[[float, float], float]) -> dict[tuple[int, str, int], float] | None:
+    """Every neuron's ``name`` value (``means`` or ``factors``) over ``sets``, or None unless every
+    set with neurons carries them; ``pick(old, new)`` decides for a neuron in several sets."""
+    sets = [s for s in sets if len(s)]
+    if not sets or not all(set(getattr(s, name)) == set(s.neurons) for s in sets):
+        return None
     merged: dict[tuple[int, str, int], float] = {}
     for s in sets:
-        if not s.has_means:
-            return None
         for key, idx in s.neurons.items():
-            for i, m in zip(idx.tolist(), s.means[key].tolist()):
-                merged[(key[0], key[1], i)] = m
+            for i, value in zip(idx.tolist(), getattr(s, name)[key].tolist()):
+                neuron = (key[0], key[1], i)
+                merged[neuron] = pick(merged[neuron], value) if neuron in merged else value
     return merged
 
 
