@@ -162,7 +162,32 @@ def stats_dtype(model: nn.Module) -> torch.dtype:
 # ---------------------------------------------------------------------------- hooks
 
 
-class ActivationRecorder(AbstractContextManager):
+class HookedRecorder(AbstractContextManager):
+    """Forward hooks that ``install`` adds on entering and that are always removed on leaving."""
+
+    handles: list[Any]
+
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.install()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class ActivationRecorder(HookedRecorder):
     """Forward hooks that write each prompt's per-neuron token mean into ``self.buffer``.
 
     Usage: ``with ActivationRecorder(model, layout) as rec: rec.arm(mask); model(...);
@@ -184,23 +209,10 @@ class ActivationRecorder(AbstractContextManager):
         self._masks: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._mask: torch.Tensor | None = None
 
-    def __enter__(self) -> ActivationRecorder:
-        try:
-            for layer, site, offset, width in self.layout.sites():
-                module = getattr(self.mlps[layer], site)
-                self.handles.append(module.register_forward_hook(self._hook(offset, width)))
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    def install(self) -> None:
+        for layer, site, offset, width in self.layout.sites():
+            module = getattr(self.mlps[layer], site)
+            self.handles.append(module.register_forward_hook(self._hook(offset, width)))
 
     def arm(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Prepare for one batch; returns the (zeroed) buffer the hooks will fill."""

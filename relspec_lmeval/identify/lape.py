@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError, UsageError
-from relspec_lmeval.identify.activations import Processes, forward_kwargs, input_device, length_batches, pad_batch
+from relspec_lmeval.identify.activations import HookedRecorder, Processes, forward_kwargs, input_device, length_batches, pad_batch
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress as progress_bar
@@ -177,7 +176,7 @@ def lape_site_scores(layout: ModelShape, scores: torch.Tensor, site: str = LAPE_
 # ---------------------------------------------------------------------------- the counting pass
 
 
-class ActiveCountRecorder(AbstractContextManager):
+class ActiveCountRecorder(HookedRecorder):
     """Forward hooks on every gate_proj that count, per group (relation) and gate neuron,
     the non-padding tokens where ``mlp.act_fn(gate_proj(x)) > 0``.
 
@@ -203,22 +202,9 @@ class ActiveCountRecorder(AbstractContextManager):
         self._mask: torch.Tensor | None = None
         self._group: torch.Tensor | None = None
 
-    def __enter__(self) -> ActiveCountRecorder:
-        try:
-            for layer, mlp in enumerate(self.mlps):
-                self.handles.append(mlp.gate_proj.register_forward_hook(self._hook(layer, mlp.act_fn)))
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    def install(self) -> None:
+        for layer, mlp in enumerate(self.mlps):
+            self.handles.append(mlp.gate_proj.register_forward_hook(self._hook(layer, mlp.act_fn)))
 
     def arm(self, attention_mask: torch.Tensor, group: torch.Tensor) -> None:
         """Prepare for one batch: its mask [batch, tokens] and each prompt's group index [batch]."""
