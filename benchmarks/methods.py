@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""The neuron scores side by side: own / others / random drops of AP, AUROC, mean-diff and LAPE sets.
+
+    python benchmarks/methods.py --model relspec-tiny --data relation_recall_synthetic_det \
+        --data-dir models/relspec-tiny/world --ks 38,384 --out benchmarks/results/methods_relspec-tiny
+    python benchmarks/methods.py --model gemma-3-270m --relations product_company,landmark_continent,star_constellation \
+        --correct-metric acc_lenient --ks 852 --out benchmarks/results/methods_gemma-3-270m
+
+For each method, ``relspec identify --method M`` (in-process, the same positives and negatives
+for ap/auroc/mean-diff: the correctness check's answers are computed once and reused through
+the answer cache; ``lape`` runs with ``--no-filter``, as it must) writes a sets folder; each
+relation's top-k of its scores is switched off and every relation's P^eva is measured by
+``real_model.Evaluator`` (greedy ``acc``/``acc_lenient``, ``relation_choice`` accuracy, gold
+log-probability). LAPE's sets are Tang et al.'s size (at most k): the table gives each
+method's mean set size, since a smaller set is expected to do less. Random controls are the
+same for every method (``--seeds`` random sets of k neurons).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from real_model import Evaluator, drops, mean, random_cut  # noqa: E402
+
+from relspec_lmeval.identify.config import IDENTIFY_METHODS, IdentifyConfig  # noqa: E402
+from relspec_lmeval.identify.pipeline import identify  # noqa: E402
+from relspec_lmeval.lm.ablation import ablated  # noqa: E402
+from relspec_lmeval.modelio.load import load_model  # noqa: E402
+from relspec_lmeval.modelio.mlps import model_shape  # noqa: E402
+from relspec_lmeval.sets.folder import SetsFolder  # noqa: E402
+from relspec_lmeval.sets.scores import load_scores  # noqa: E402
+from relspec_lmeval.sets.shape import SITES  # noqa: E402
+
+METRICS = ["acc", "acc_lenient", "choice", "logprob"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default=None, help="as relspec identify --data (default: the LRE folder)")
+    p.add_argument("--data-dir", default=None, help="the relation files P^eva is read from (default: LRE)")
+    p.add_argument("--relations", default="all")
+    p.add_argument("--methods", default=",".join(IDENTIFY_METHODS))
+    p.add_argument("--ks", required=True, help="comma-separated k")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--correct-metric", default="acc")
+    p.add_argument("--min-positives", type=int, default=None)
+    p.add_argument("--choice-docs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--work", default=None, help="where the sets folders go (default: OUT's folder/methods-work)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.parent / f"{out.name}-work"
+    ks = [int(k) for k in args.ks.split(",")]
+    methods = args.methods.split(",")
+    seconds = {}
+    for method in methods:  # identification, each method into its own folder
+        t = time.perf_counter()
+        lape = method == "lape"
+        identify(IdentifyConfig(model=args.model, out=str(work / method), relations=args.relations, data=args.data, k=max(ks),
+                                method=method, filter=not lape, correct_metric=args.correct_metric, min_positives=args.min_positives,
+                                batch_size=args.batch_size, device="cpu", force=True, command=f"benchmarks/methods.py ({method})",
+                                progress=False, print_table=False))
+        seconds[method] = time.perf_counter() - t
+        print(f"identified with {method} in {seconds[method]:.0f} s", file=sys.stderr, flush=True)
+    folders = {m: SetsFolder(work / m) for m in methods}
+    relations = sorted(set.intersection(*(set(f.relations()) for f in folders.values())))
+    model, tokenizer = load_model(args.model, device="cpu", progress=False)
+    shape = model_shape(model)
+    evaluator = Evaluator(model, tokenizer, relations, args.batch_size, args.choice_docs, args.data_dir)
+    base = evaluator.measure()
+    rows = []
+    for k in ks:
+        randoms = []
+        for seed in range(args.seeds):
+            with ablated(model, random_cut(shape, k, SITES, seed)):
+                randoms.append(evaluator.measure(f"k={k} random seed {seed}"))
+        random = {m: mean([mean(drops(base, res, relations, m)) for res in randoms]) for m in METRICS}
+        for method, folder in folders.items():
+            own, others, sizes = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
+            for r in relations:
+                scores = load_scores(folder.scores_path(r))
+                neuron_set = scores.to_neuron_set(k if method != "lape" else min(k, len(folder_set(folder, r))), "top", {"relation": r})
+                sizes.append(len(neuron_set))
+                with ablated(model, neuron_set):
+                    result = evaluator.measure(f"k={k} {method} {r}")
+                for m in METRICS:
+                    own[m] += drops(base, result, [r], m)
+                    others[m].append(mean(drops(base, result, [x for x in relations if x != r], m)))
+            rows.append({"k": k, "method": method, "mean_size": sum(sizes) / len(sizes),
+                         "own": {m: mean(v) for m, v in own.items()}, "others": {m: mean(v) for m, v in others.items()}, "random": random})
+            print(f"k={k} {method:9} " + "  ".join(f"{m}: own {_fmt(rows[-1]['own'][m], m)} others {_fmt(rows[-1]['others'][m], m)} "
+                                                   f"random {_fmt(random[m], m)}" for m in METRICS), flush=True)
+    record = {"model": args.model, "relations": relations, "neurons": shape.total, "ks": ks, "seeds": args.seeds,
+              "identify_seconds": seconds, "original": base, "rows": rows, "seconds": time.perf_counter() - start,
+              "command": " ".join(["python", "benchmarks/methods.py", *(argv if argv is not None else sys.argv[1:])])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(report(record), encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')} ({record['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def folder_set(folder: SetsFolder, relation: str):
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+
+    return NeuronSet.load(folder.set_path(relation))
+
+
+def _fmt(v: float | None, metric: str) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v:+.2f}" if metric == "logprob" else f"{100 * v:.1f}%"
+
+
+def report(record: dict) -> str:
+    lines = [f"# {record['model']}: the neuron scores side by side", "",
+             f"Made by `{record['command']}` in {record['seconds'] / 60:.1f} min on a CPU.",
+             f"Relations: {', '.join(record['relations'])}; {record['neurons']:,} FFN neurons; random: {record['seeds']} seeds "
+             "(the same for every method). Identification time per method (s): "
+             + ", ".join(f"{m} {s:.0f}" for m, s in record["identify_seconds"].items()) + ".", "",
+             "Accuracy drops relative ((original − ablated) / original); log-prob drops in nats. own = a relation's set on its "
+             "own P^eva, others = on the other relations' P^eva, random = random sets of k neurons on every relation.", "",
+             "| k | method | mean set size | acc own / others / random | choice own / others / random | log-prob own / others / random |",
+             "|---:|---|---:|---|---|---|"]
+    for row in record["rows"]:
+        cells = [" / ".join(_fmt(row[part][m], m) for part in ("own", "others", "random")) for m in ("acc", "choice", "logprob")]
+        lines.append(f"| {row['k']} | {row['method']} | {row['mean_size']:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
