@@ -356,7 +356,7 @@ def run_model(name: str, work: Path, args) -> dict:
         grouped = layout.group(__import__("torch").tensor(ours_set))
         keys = [(layer, site, int(i)) for (layer, site), index in grouped.items() for i in index]
         set_path = NeuronSet.from_keys(keys, {"relation": RELATION, "benchmark": "peers"}).save(work / f"{name}-set.safetensors")
-        spec_ab = {**spec, "set_path": str(set_path), "tasks": args.tasks.split(","), "limit": args.limit, "repeats": args.repeats}
+        spec_ab = {**spec, "set_path": str(set_path), "tasks": args.tasks.split(","), "limit": args.limit, "repeats": args.ablation_repeats}
         (work / f"{name}.ablation.json").write_text(json.dumps(spec_ab))
         print(f"  [{name}] ablated evaluation …", flush=True)
         ablation = run_worker("ablation", "all", work / f"{name}.ablation.json")
@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--k", type=int, default=None, help=f"top k (default {FRACTION:.2%} of the neurons, the paper's fraction)")
     p.add_argument("--ap-shape", default="2500x20000", help="prompts x neurons of the AP-alone comparison ('' to skip)")
     p.add_argument("--tasks", default=f"relation_recall_{RELATION},relation_ppl_{RELATION}")
-    p.add_argument("--limit", type=int, default=20, help="documents per task in the ablated evaluation (0 to skip)")
+    p.add_argument("--limit", type=int, default=50, help="documents per task in the ablated evaluation (0 to skip)")
+    p.add_argument("--ablation-repeats", type=int, default=7, help="interleaved rounds of the ablated evaluation (after one warm-up round)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/peers", help="writes OUT.md and OUT.json")
     p.add_argument("--work", default=None, help="keep the model folder, prompts and worker logs here (default: a temporary folder)")

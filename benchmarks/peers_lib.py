@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -286,10 +287,12 @@ def ablation_lms(folder: str, set_path: str, zero: dict[tuple[int, str], torch.T
             if generation_kwargs.get("do_sample") is False and generation_kwargs.get("temperature") == 0.0:
                 generation_kwargs.pop("temperature")
             criteria = stop_sequences_criteria(self.tokenizer, stop, context.shape[1], context.shape[0])
-            with torch.no_grad(), self.edited_generate.generate(
-                context, max_length=max_length, stopping_criteria=criteria, pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs
-            ) as tracer:
-                ids = tracer.result.save()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*was never reached")  # how the open-ended edit loop ends, by design
+                with torch.no_grad(), self.edited_generate.generate(
+                    context, max_length=max_length, stopping_criteria=criteria, pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **generation_kwargs
+                ) as tracer:
+                    ids = tracer.result.save()
             return ids
 
     common = {"pretrained": folder, "device": "cpu", "batch_size": batch_size, "dtype": "float32"}
