@@ -334,7 +334,16 @@ NOTES = """## Reading the numbers
   is still a sizeable share of a CPU forward pass. The early-stop row is our own `ActivationRecorder` with one more
   hook that raises after the last down_proj: bitwise the same matrix, faster than nnsight. It is a prototype in
   benchmarks/peers_lib.py, not yet in `activation_matrix`. Beyond that, collection is the model's forward pass for
-  every tool; what is left is AP, the pipeline and memory.
+  every tool; what is left is AP, the pipeline and memory. The plain hooks, the selfcond recipe and TransformerLens
+  (`run_with_cache`; it also switches the model it wraps to eager attention) compute the logits of every token: on
+  gemma-3-270m that 262,144-token lm_head is most of their collection time.
+* **Why the 3× goal fails on gemma-3-270m on a CPU**: the forward pass (~15 s here) is shared by every tool and
+  torchmetrics' AP takes ~20 s, so our AP after the fastest collection measured is only the "bound" above faster
+  than the assembled pipeline. On the random Llama, whose forward pass is cheap next to AP, the goals are met.
+* **Memory of the early stop**: on gemma-3-270m it also peaks ~800 MB lower. Its lm_head weight is tied to the
+  262,144 × 640 embedding (671 MB in float32), mapped from the safetensors file; a forward pass reads only its
+  tokens' embedding rows, so the rest stays on disk until the lm_head multiplies by the whole matrix (RSS 774 MB after
+  a forward without the lm_head, 1,415 MB after one lm_head row).
 * **Ablation**: weight edits cost nothing at run time (the same matmuls on edited rows), so their ratio to `hf` is
   timing noise on this shared machine; hooks (ours, lm-eval's `steer`, nnsight's edited traces) add a few
   per-call Python hooks. Every ablated model gives the same metrics and the same responses as the weight edits.
