@@ -413,3 +413,30 @@ def test_method_lape_writes_tangs_sets_on_the_gate_site(tiny_llama_dir, data_dir
         assert got.keys() == want and got.metadata["method"] == "lape"
     with pytest.raises(Exception, match="--method lape .* --no-filter"):
         identify(config(tiny_llama_dir, tmp_path / "x", data_dir, method="lape", filter=True))
+
+
+def test_statistics_pass_ends_at_the_last_site(tiny_llama_dir):
+    """activation_matrix never runs the final norm or lm_head (identify.early_stop), and its
+    values equal a full forward's; the hooks are gone afterwards."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from relspec_lmeval.identify.activations import activation_matrix
+    from relspec_lmeval.modelio.mlps import model_shape
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    encoded = encode_prompts(tokenizer, ["the ceo of apple is", "paris is a city in", "she plays the"])
+    calls = []
+    handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    fast = activation_matrix(model, encoded, model_shape(model), batch_size=2, pad_id=pad_token_id(tokenizer), progress=False)
+    assert calls == []
+    handle.remove()
+    last = model.model.layers[-1].mlp.down_proj
+    assert not last._forward_hooks  # the stopping hook was removed
+    outputs = {}
+    hook = last.register_forward_hook(lambda m, a, o: outputs.__setitem__("down", o))
+    with torch.no_grad():
+        model(torch.tensor([encoded[0]]))
+    hook.remove()
+    width = model.config.hidden_size
+    assert torch.allclose(fast[0, -width:], outputs["down"][0].mean(dim=0), atol=1e-6)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from relspec_lmeval.errors import ModelError
+from relspec_lmeval.identify.early_stop import forward_until, stop_after
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress
@@ -214,6 +215,12 @@ class ActivationRecorder(HookedRecorder):
             module = getattr(self.mlps[layer], site)
             self.handles.append(module.register_forward_hook(self._hook(offset, width)))
 
+    @property
+    def last_module(self) -> nn.Module:
+        """The site that fires last in a forward pass (the last layer's down_proj)."""
+        layer, site, _, _ = list(self.layout.sites())[-1]
+        return getattr(self.mlps[layer], site)
+
     def arm(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Prepare for one batch; returns the (zeroed) buffer the hooks will fill."""
         batch = attention_mask.shape[0]
@@ -301,13 +308,13 @@ def activation_matrix(
     matrix = torch.zeros((len(encoded), layout.total), dtype=dtype, device=matrix_device)
     kwargs = forward_kwargs(model)
     mine = processes.mine(length_batches(encoded, batch_size))
-    with ActivationRecorder(model, layout, device) as recorder, _progress(
+    with ActivationRecorder(model, layout, device) as recorder, stop_after(recorder.last_module), _progress(
         sum(len(b) for b in mine), desc, progress and processes.is_main
     ) as bar:
         for rows in mine:
             ids, mask = pad_batch([encoded[i] for i in rows], pad_id, "right", device)
             recorder.arm(mask)
-            model(input_ids=ids, attention_mask=mask, **kwargs)
+            forward_until(model, input_ids=ids, attention_mask=mask, **kwargs)
             values = recorder.check()
             index = torch.tensor(rows, dtype=torch.long, device=matrix.device)
             matrix.index_copy_(0, index, values.to(matrix.device, non_blocking=True))
@@ -356,7 +363,8 @@ def generate_with_means(
         )
     kwargs = forward_kwargs(model)
     recorder = ActivationRecorder(model, layout, device) if layout is not None else None
-    with recorder if recorder is not None else _Null(), _progress(
+    stop = stop_after(recorder.last_module) if recorder is not None and not generate else _Null()
+    with recorder if recorder is not None else _Null(), stop, _progress(
         sum(len(b) for b in mine), desc, progress and processes.is_main
     ) as bar:
         for rows in mine:
@@ -368,8 +376,8 @@ def generate_with_means(
                 new = out[:, ids.shape[1] :].tolist()
                 for i, tokens in zip(rows, new):
                     texts[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-            else:
-                model(input_ids=ids, attention_mask=mask, **kwargs)
+            else:  # means only: the pass may end at the last recorded site
+                forward_until(model, input_ids=ids, attention_mask=mask, **kwargs)
             if recorder is not None and total is not None:
                 values = recorder.check()
                 _check_finite(values, desc)
