@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds[method] = time.perf_counter() - t
         print(f"identified with {method} in {seconds[method]:.0f} s", file=sys.stderr, flush=True)
     folders = {m: SetsFolder(work / m) for m in methods}
-    relations = sorted(set.intersection(*(set(f.relations()) for f in folders.values())))
+    # the relations every two-class method wrote a set for; LAPE (which may assign a relation no
+    # neuron) is measured on those of them it has a set for, and the table says how many
+    relations = sorted(set.intersection(*(set(f.relations()) for m, f in folders.items() if m != "lape")))
     model, tokenizer = load_model(args.model, device="cpu", progress=False)
     shape = model_shape(model)
     evaluator = Evaluator(model, tokenizer, relations, args.batch_size, args.choice_docs, args.data_dir)
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         random = {m: mean([mean(drops(base, res, relations, m)) for res in randoms]) for m in METRICS}
         for method, folder in folders.items():
             own, others, sizes = {m: [] for m in METRICS}, {m: [] for m in METRICS}, []
-            for r in relations:
+            mine = [r for r in relations if folder.set_path(r).is_file()]
+            for r in mine:
                 scores = load_scores(folder.scores_path(r))
                 neuron_set = scores.to_neuron_set(k if method != "lape" else min(k, len(folder_set(folder, r))), "top", {"relation": r})
                 sizes.append(len(neuron_set))
@@ -97,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 for m in METRICS:
                     own[m] += drops(base, result, [r], m)
                     others[m].append(mean(drops(base, result, [x for x in relations if x != r], m)))
-            rows.append({"k": k, "method": method, "mean_size": sum(sizes) / len(sizes),
+            if not mine:
+                continue
+            rows.append({"k": k, "method": method, "relations": len(mine), "mean_size": sum(sizes) / len(sizes),
                          "own": {m: mean(v) for m, v in own.items()}, "others": {m: mean(v) for m, v in others.items()}, "random": random})
             print(f"k={k} {method:9} " + "  ".join(f"{m}: own {_fmt(rows[-1]['own'][m], m)} others {_fmt(rows[-1]['others'][m], m)} "
                                                    f"random {_fmt(random[m], m)}" for m in METRICS), flush=True)
@@ -131,11 +136,11 @@ def report(record: dict) -> str:
              + ", ".join(f"{m} {s:.0f}" for m, s in record["identify_seconds"].items()) + ".", "",
              "Accuracy drops relative ((original − ablated) / original); log-prob drops in nats. own = a relation's set on its "
              "own P^eva, others = on the other relations' P^eva, random = random sets of k neurons on every relation.", "",
-             "| k | method | mean set size | acc own / others / random | choice own / others / random | log-prob own / others / random |",
-             "|---:|---|---:|---|---|---|"]
+             "| k | method | relations | mean set size | acc own / others / random | choice own / others / random | log-prob own / others / random |",
+             "|---:|---|---:|---:|---|---|---|"]
     for row in record["rows"]:
         cells = [" / ".join(_fmt(row[part][m], m) for part in ("own", "others", "random")) for m in ("acc", "choice", "logprob")]
-        lines.append(f"| {row['k']} | {row['method']} | {row['mean_size']:.0f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['k']} | {row['method']} | {row['relations']} | {row['mean_size']:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
