@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--work", default=None, help="where the sets folders go (default: OUT's folder/methods-work)")
     p.add_argument("--out", required=True)
+    p.add_argument("--report", default=None, metavar="JSON", help="only re-render OUT.md from a recorded JSON")
     args = p.parse_args(argv)
+    if args.report:
+        Path(args.out).with_suffix(".md").write_text(report(json.loads(Path(args.report).read_text())), encoding="utf-8")
+        return 0
     start = time.perf_counter()
     out = Path(args.out)
     work = Path(args.work) if args.work else out.parent / f"{out.name}-work"
@@ -136,10 +140,10 @@ def report(record: dict) -> str:
              + ", ".join(f"{m} {s:.0f}" for m, s in record["identify_seconds"].items()) + ".", "",
              "Accuracy drops relative ((original − ablated) / original); log-prob drops in nats. own = a relation's set on its "
              "own P^eva, others = on the other relations' P^eva, random = random sets of k neurons on every relation.", "",
-             "| k | method | relations | mean set size | acc own / others / random | choice own / others / random | log-prob own / others / random |",
-             "|---:|---|---:|---:|---|---|---|"]
+             "| k | method | relations | mean set size | acc own / others / random | acc_lenient own / others / random | choice own / others / random | log-prob own / others / random |",
+             "|---:|---|---:|---:|---|---|---|---|"]
     for row in record["rows"]:
-        cells = [" / ".join(_fmt(row[part][m], m) for part in ("own", "others", "random")) for m in ("acc", "choice", "logprob")]
+        cells = [" / ".join(_fmt(row[part][m], m) for part in ("own", "others", "random")) for m in ("acc", "acc_lenient", "choice", "logprob")]
         lines.append(f"| {row['k']} | {row['method']} | {row['relations']} | {row['mean_size']:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
