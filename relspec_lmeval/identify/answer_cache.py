@@ -65,12 +65,9 @@ class AnswerCache:
                     self.known[entry["p"]] = entry["a"]
                 except (ValueError, KeyError, TypeError):
                     continue  # a line torn by an interrupted write
-        self.hits = 0
 
     def get(self, key: str) -> Any | None:
-        value = self.known.get(key)
-        self.hits += value is not None
-        return value
+        return self.known.get(key)
 
     def put(self, answers: dict[str, Any]) -> None:
         """Append new answers (a cache that cannot be written is skipped, never an error)."""

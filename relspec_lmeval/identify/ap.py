@@ -7,13 +7,14 @@ others. Same definition as ``sklearn.metrics.average_precision_score``, ties inc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from relspec_lmeval.errors import UsageError
 
-__all__ = ["AP_BYTES_PER_ELEMENT", "CPU_CHUNK_BYTES", "ap_chunk_size", "average_precision", "average_precision_chunked"]
+__all__ = ["AP_BYTES_PER_ELEMENT", "CPU_CHUNK_BYTES", "average_precision", "average_precision_chunked", "chunked_scores"]
 
 # Bytes of working memory per (prompt, neuron) element in ``average_precision``: the sorted
 # values, sort order, labels, counts, precision and cumulative maxima together.
@@ -106,9 +107,31 @@ def _average_precision_float64(values: torch.Tensor, labels: torch.Tensor, posit
     return torch.cumsum(precision_at_end * hits, dim=0)[-1] / positives
 
 
-def ap_chunk_size(num_prompts: int, budget_bytes: int) -> int:
-    """Neurons per AP chunk so the working memory stays under ``budget_bytes``."""
-    return max(1, int(budget_bytes) // max(1, num_prompts * AP_BYTES_PER_ELEMENT))
+def chunked_scores(
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    bytes_per_element: int,
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    device: torch.device | str | None = None,
+    budget_bytes: int = 1 << 30,
+    progress: Any = None,
+) -> torch.Tensor:
+    """``score(block, labels)`` over column chunks moved to ``device`` one at a time, each chunk's
+    working memory (``bytes_per_element`` per value) under ``budget_bytes``; float64 on the CPU."""
+    device = torch.device(device) if device is not None else values.device
+    n, cols = values.shape
+    if device.type == "cpu":  # cache-sized chunks are about twice as fast on a CPU
+        budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
+    chunk = max(1, int(budget_bytes) // max(1, n * bytes_per_element))
+    labels = labels.to(device)
+    out = torch.empty(cols, dtype=torch.float64)
+    for start in range(0, cols, chunk):
+        stop = min(cols, start + chunk)
+        out[start:stop] = score(values[:, start:stop].to(device, non_blocking=True), labels).cpu()
+        if progress is not None:
+            progress.update(stop - start)
+    return out
 
 
 def average_precision_chunked(
@@ -120,19 +143,5 @@ def average_precision_chunked(
     progress: Any = None,
 ) -> torch.Tensor:
     """``average_precision`` over column chunks (moved to ``device`` one at a time); float64 on CPU."""
-    device = torch.device(device) if device is not None else values.device
-    n, cols = values.shape
-    if device.type == "cpu":  # cache-sized chunks are about twice as fast on a CPU
-        budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
-    chunk = ap_chunk_size(n, budget_bytes)
-    labels = labels.to(device)
-    out = torch.empty(cols, dtype=torch.float64)
-    for start in range(0, cols, chunk):
-        stop = min(cols, start + chunk)
-        block = values[:, start:stop].to(device, non_blocking=True)
-        out[start:stop] = average_precision(block, labels).cpu()
-        if progress is not None:
-            progress.update(stop - start)
-    return out
-
-
+    return chunked_scores(average_precision, AP_BYTES_PER_ELEMENT, values, labels, device=device, budget_bytes=budget_bytes,
+                          progress=progress)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from relspec_lmeval.identify.activations import Processes, encode_prompts, input_device, length_batches, pad_batch
+from relspec_lmeval.identify.activations import Processes, encode_prompts, forward_kwargs, input_device, length_batches, pad_batch
 from relspec_lmeval.util.progress import progress
 
 __all__ = ["choice_correct", "choice_scores", "encode_pairs", "winner"]
@@ -49,11 +49,6 @@ def encode_pairs(tokenizer: Any, contexts: Sequence[str], continuations: Sequenc
     return [(ctx, whole[len(ctx) :]) for ctx, whole in zip(ctx_ids, whole_ids)]
 
 
-def _keep_arg(model: nn.Module) -> str | None:
-    params = inspect.signature(model.forward).parameters
-    return next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
-
-
 def _cache_arg(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -61,20 +56,6 @@ def _cache_arg(model: nn.Module) -> str:
 def _sum_logprobs(logits: torch.Tensor, targets: Sequence[int]) -> float:
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     return float(logprobs.gather(1, torch.tensor(list(targets), device=logprobs.device)[:, None]).sum())
-
-
-def _pair_scores(model: nn.Module, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
-    """One forward per pair batch (the fallback for caches that cannot be re-indexed).
-
-    Left padding with explicit positions, so every continuation sits in the last positions and
-    only those get logits: with gemma's 262k-token vocabulary, the unembedding of every prompt
-    position would cost more than the model."""
-    inputs = [(ctx + cont)[:-1] for ctx, cont in pairs]
-    ids, mask = pad_batch(inputs, pad_id, "left", input_device(model))
-    keep, arg = max(len(cont) for _, cont in pairs), _keep_arg(model)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
-                   **({arg: keep} if arg else {})).logits[:, -keep:]
-    return [_sum_logprobs(logits[j, keep - len(cont) :], cont) for j, (_, cont) in enumerate(pairs)]
 
 
 def _doc_scores(model: nn.Module, ctxs: Sequence[list[int]], conts: Sequence[list[list[int]]], pad_id: int) -> list[list[float]]:
@@ -88,12 +69,15 @@ def _doc_scores(model: nn.Module, ctxs: Sequence[list[int]], conts: Sequence[lis
 
     device = input_device(model)
     ids, mask = pad_batch(list(ctxs), pad_id, "left", device)
-    arg = _keep_arg(model)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                **({arg: 1} if arg else {}))
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # transformers ≥5.2x names it cache
-    if not hasattr(cache, "batch_select_indices"):  # a legacy tuple cache: score pair by pair
-        return [_pair_scores(model, [(ctx, c) for c in cs], pad_id) for ctx, cs in zip(ctxs, conts)]
+    # forward_kwargs: logits for the last position only (the first continuation token), here with the cache kept
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                **{**forward_kwargs(model), "use_cache": True})
+    cache = getattr(out, "cache", None)  # transformers ≥5.2x names it cache
+    cache = out.past_key_values if cache is None else cache
+    if isinstance(cache, tuple):  # older transformers may return the legacy tuple form
+        from transformers import DynamicCache
+
+        cache = DynamicCache.from_legacy_cache(cache)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     scores = [[float(first[j, c[0]]) for c in cs] for j, cs in enumerate(conts)]
     longer = [(j, k) for j, cs in enumerate(conts) for k, c in enumerate(cs) if len(c) > 1]

@@ -58,8 +58,8 @@ def check_answers(
     flat = [(r, i) for r, i in pool.flat() if r in chosen]
     keys = [prompt_key(encoded[r][i]) for r, i in flat]
     generate = cfg.filter and cfg.correct_by == "generate"
-    known = {j: cache.get(keys[j]) for j in range(len(flat))} if (cache is not None and generate) else {}
-    known = {j: text for j, text in known.items() if text is not None}
+    use_cache = cache is not None and generate
+    known = {j: text for j, text in ((j, cache.get(key)) for j, key in enumerate(keys)) if text is not None} if use_cache else {}
     todo = [j for j in range(len(flat)) if j not in known]
     answers = Answers({r: [True] * len(docs) for r, docs in pool.docs.items()}, torch.zeros(0), flat, cached=len(known))
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import UsageError
-from relspec_lmeval.identify.ap import CPU_CHUNK_BYTES, average_precision_chunked
+from relspec_lmeval.identify.ap import average_precision_chunked, chunked_scores
 from relspec_lmeval.identify.lape import lape_scores
 
 __all__ = [
@@ -146,31 +146,7 @@ def mean_difference(values: torch.Tensor, labels: torch.Tensor, *, absolute: boo
     return diff.abs() if absolute else diff
 
 
-# ---------------------------------------------------------------------------- chunking
-
-
-def _chunked(
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    bytes_per_element: int,
-    values: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device | str | None,
-    budget_bytes: int,
-    progress: Any,
-) -> torch.Tensor:
-    device = torch.device(device) if device is not None else values.device
-    n, cols = values.shape
-    if device.type == "cpu":  # cache-sized chunks, as for AP
-        budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
-    chunk = max(1, int(budget_bytes) // max(1, n * bytes_per_element))
-    labels = labels.to(device)
-    out = torch.empty(cols, dtype=torch.float64)
-    for start in range(0, cols, chunk):
-        stop = min(cols, start + chunk)
-        out[start:stop] = score(values[:, start:stop].to(device, non_blocking=True), labels).cpu()
-        if progress is not None:
-            progress.update(stop - start)
-    return out
+# ---------------------------------------------------------------------------- chunked
 
 
 def auroc_chunked(
@@ -183,7 +159,7 @@ def auroc_chunked(
 ) -> torch.Tensor:
     """``auroc`` over column chunks moved to ``device`` one at a time; float64 on the CPU."""
     _check(values, labels, "AUROC")
-    return _chunked(auroc, AUROC_BYTES_PER_ELEMENT, values, labels, device, budget_bytes, progress)
+    return chunked_scores(auroc, AUROC_BYTES_PER_ELEMENT, values, labels, device=device, budget_bytes=budget_bytes, progress=progress)
 
 
 def mean_difference_chunked(
@@ -201,7 +177,8 @@ def mean_difference_chunked(
     def score(block: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
         return mean_difference(block, lab, absolute=absolute)
 
-    return _chunked(score, MEAN_DIFF_BYTES_PER_ELEMENT, values, labels, device, budget_bytes, progress)
+    return chunked_scores(score, MEAN_DIFF_BYTES_PER_ELEMENT, values, labels, device=device, budget_bytes=budget_bytes,
+                          progress=progress)
 
 
 # ---------------------------------------------------------------------------- AurA's intervention
@@ -240,21 +217,13 @@ class Method:
     citation: str
 
 
-def _ap(values: torch.Tensor, labels: torch.Tensor, **kw: Any) -> torch.Tensor:
-    return average_precision_chunked(values, labels, **kw)
-
-
-def _mean_diff(values: torch.Tensor, labels: torch.Tensor, **kw: Any) -> torch.Tensor:
-    return mean_difference_chunked(values, labels, **kw)
-
-
 DEFAULT_METHOD = "ap"
 METHODS: dict[str, Method] = {
-    "ap": Method("ap", "two-class", "prompt-means", _ap, ("top", "both"),
+    "ap": Method("ap", "two-class", "prompt-means", average_precision_chunked, ("top", "both"),
                  "Liu et al. 2025, arXiv 2502.17355 (average precision)"),
     "auroc": Method("auroc", "two-class", "prompt-means", auroc_chunked, ("top", "both"),
                     "Suau et al., Whispering Experts, ICML 2024 (AurA)"),
-    "mean-diff": Method("mean-diff", "two-class", "prompt-means", _mean_diff, ("top", "both"),
+    "mean-diff": Method("mean-diff", "two-class", "prompt-means", mean_difference_chunked, ("top", "both"),
                         "Antverg & Belinkov, On the Pitfalls of Analyzing Individual Neurons in Language Models, ICLR 2022"),
     "lape": Method("lape", "multi-class", "active-counts", lape_scores, ("top",),
                    "Tang et al., Language-Specific Neurons, ACL 2024 (LAPE)"),

@@ -43,7 +43,7 @@ from relspec_lmeval.identify.lape import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_
 from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
-from relspec_lmeval.modelio.load import load_config, load_model, resolve_pretrained
+from relspec_lmeval.modelio.load import load_config, load_model
 from relspec_lmeval.modelio.mlps import find_mlps
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.scores import Scores, save_scores
@@ -190,8 +190,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     # prefill also sums every neuron's prompt means over those prompts
     cache = None
     if cfg.filter and cfg.cache:
-        source = resolve_pretrained(cfg.model, cfg.gguf_file, progress=False)
-        fingerprint = model_fingerprint(str(source), cfg.revision, str(next(model.parameters()).dtype), device.type)
+        # the folder or hub id transformers loaded (for a GGUF model: its converted folder)
+        fingerprint = model_fingerprint(str(model.name_or_path), cfg.revision, str(next(model.parameters()).dtype), device.type)
         cache = AnswerCache(fingerprint, check_name(cfg))
     answers = check_answers(cfg, pool, run.selected, model, tokenizer, shape, encoded, texts_of, batch.run, processes, pad, cache)
     correct, means, timings = answers.correct, answers.means, answers.timings
