@@ -194,11 +194,20 @@ def test_shipped_scores_are_reproduced_bit_for_bit(tmp_path):
         pytest.skip(f"this CPU cannot run torch's {env['cpu_capability']} kernels")
     assert result.returncode == 0, result.stderr
     # AP, indices and the set's scores are bit for bit; the means are over the P^det a run
-    # passes through (one relation here, all twelve in the shipped run), so they are not compared
+    # passes through (one relation here, all twelve in the shipped run), so they are not compared.
+    # ATEN_CPU_CAPABILITY pins torch's own kernels, not MKL's matmuls, which follow the CPU: on a
+    # CPU of another native capability (an AVX-512 machine running the AVX2 record) a few APs
+    # move in the 5th-6th decimal (measured: ≤3e-5, a few per site, the set itself equal),
+    # so there the indices must still be equal and the APs within 1e-4.
+    native = torch.backends.cpu.get_cpu_capability()
     for name in ("scores/person_pro_sport.safetensors", "person_pro_sport.safetensors"):
         ours, shipped = load_file(tmp_path / name), load_file(SETS / name)
         assert ours.keys() == shipped.keys()
-        assert all(torch.equal(ours[key], shipped[key]) for key in shipped if not key.endswith(".means")), name
+        for key in (k for k in shipped if not k.endswith(".means")):
+            if native == env["cpu_capability"] or key.endswith(".indices"):
+                assert torch.equal(ours[key], shipped[key]), (name, key)
+            else:
+                torch.testing.assert_close(ours[key], shipped[key], rtol=0, atol=1e-4, msg=f"{name} {key}")
 
 
 # ---------------------------------------------------------------- tasks over the world
