@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from relspec_lmeval.identify.activations import activation_matrix, forward_kwargs, generate_with_means, length_batches, pad_batch
     from relspec_lmeval.identify.ap import average_precision_chunked
-    from relspec_lmeval.modelio.mlps import model_shape
+    from relspec_lmeval.modelio.sites import model_shape
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

@@ -186,7 +186,7 @@ def run_model(name: str, work: Path, args) -> dict:
 
     ablation = {}
     if args.limit:
-        from relspec_lmeval.modelio.mlps import model_shape  # noqa: F401  (package import check)
+        from relspec_lmeval.modelio.sites import model_shape  # noqa: F401  (package import check)
         from relspec_lmeval.sets.neuron_set import NeuronSet
         from relspec_lmeval.sets.shape import ModelShape
 

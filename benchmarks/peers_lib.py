@@ -53,7 +53,7 @@ def top_k(ap: np.ndarray, k: int) -> list[int]:
 
 def collect_ours(model, encoded, batch_size: int, pad_id: int) -> torch.Tensor:
     from relspec_lmeval.identify.activations import activation_matrix
-    from relspec_lmeval.modelio.mlps import model_shape
+    from relspec_lmeval.modelio.sites import model_shape
 
     return activation_matrix(model, encoded, model_shape(model), batch_size=batch_size, pad_id=pad_id, progress=False)
 
@@ -71,7 +71,7 @@ def collect_ours_early_stop(model, encoded, batch_size: int, pad_id: int) -> tor
     """A prototype, not the shipped code: ``activation_matrix`` whose forward ends at the last
     layer's down_proj (an exception from one more hook), so the final norm and lm_head never run."""
     from relspec_lmeval.identify.activations import ActivationRecorder, length_batches, pad_batch
-    from relspec_lmeval.modelio.mlps import find_mlps, model_shape
+    from relspec_lmeval.modelio.sites import find_mlps, model_shape
 
     layout = model_shape(model)
     matrix = torch.zeros((len(encoded), layout.total))

@@ -48,7 +48,7 @@ from relspec_lmeval.identify.activations import encode_prompts, generate_with_me
 from relspec_lmeval.identify.correctness import first_line  # noqa: E402
 from relspec_lmeval.lm.ablation import ablated  # noqa: E402
 from relspec_lmeval.modelio.load import load_model  # noqa: E402
-from relspec_lmeval.modelio.mlps import model_shape  # noqa: E402
+from relspec_lmeval.modelio.sites import model_shape  # noqa: E402
 from relspec_lmeval.sets.folder import SetsFolder  # noqa: E402
 from relspec_lmeval.sets.neuron_set import NeuronSet  # noqa: E402
 from relspec_lmeval.sets.scores import load_scores, select_flat  # noqa: E402
@@ -121,7 +121,7 @@ class Evaluator:
 def cut(scores, k: int, sites: tuple[str, ...], metadata: dict) -> NeuronSet:
     """The top k of ``scores`` among ``sites`` only."""
     ap = scores.ap.clone()
-    for _layer, site, off, width in scores.layout.sites():
+    for _layer, site, off, width in scores.layout.blocks():
         if site not in sites:
             ap[off : off + width] = -math.inf
     chosen = select_flat(ap, k)
@@ -129,7 +129,7 @@ def cut(scores, k: int, sites: tuple[str, ...], metadata: dict) -> NeuronSet:
 
 
 def random_cut(shape, k: int, sites: tuple[str, ...], seed: int) -> NeuronSet:
-    allowed = torch.cat([torch.arange(off, off + width) for _, site, off, width in shape.sites() if site in sites])
+    allowed = torch.cat([torch.arange(off, off + width) for _, site, off, width in shape.blocks() if site in sites])
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.sort(allowed[torch.randperm(allowed.numel(), generator=generator)[:k]]).values
     return NeuronSet(shape.group(chosen), {"method": "random", "seed": seed})

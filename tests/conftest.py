@@ -64,7 +64,8 @@ def build_tokenizer(path: Path):
     return fast
 
 
-def build_tiny_llama(path: Path, *, layers: int = 2, hidden: int = 32, ffn: int = 64, seed: int = 0, mlp_bias: bool = False):
+def build_tiny_llama(path: Path, *, layers: int = 2, hidden: int = 32, ffn: int = 64, seed: int = 0, mlp_bias: bool = False,
+                     kv_heads: int = 4, attention_bias: bool = False):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,12 +77,13 @@ def build_tiny_llama(path: Path, *, layers: int = 2, hidden: int = 32, ffn: int 
         intermediate_size=ffn,
         num_hidden_layers=layers,
         num_attention_heads=4,
-        num_key_value_heads=4,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=128,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,
         mlp_bias=mlp_bias,
+        attention_bias=attention_bias,
     )
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(path)

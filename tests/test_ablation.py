@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from relspec_lmeval.errors import NeuronSetError, UnsupportedModelError
 from relspec_lmeval.lm.ablation import AblationSpec, ablated, apply_ablation
-from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.modelio.sites import find_mlps
 from relspec_lmeval.sets.neuron_set import NeuronSet
 
 

@@ -21,7 +21,7 @@ from transformers import AutoConfig
 from relspec_lmeval.cli import main
 from relspec_lmeval.experiments.stats import bootstrap_p, weighted_bootstrap_p
 from relspec_lmeval.sets.neuron_set import NeuronSet
-from relspec_lmeval.sets.shape import SITES, ModelShape, model_metadata
+from relspec_lmeval.sets.shape import FFN_SITES, ModelShape, model_metadata
 
 # Ours (relation_ppl: weighted perplexities; relation_recall: 0/1, always 0 on a random model)
 # and a local multiple-choice group, whose accuracies do vary on a random model.
@@ -76,7 +76,7 @@ def thirty_percent_set(model: Path, out: Path) -> Path:
     """Like scripts/demo.py's random control, but 30% of the neurons: enough to change answers."""
     config = AutoConfig.from_pretrained(model)
     shape = ModelShape.from_config(config)
-    keys = [(layer, site, i) for layer in range(shape.num_layers) for site in SITES for i in range(shape.width(site))]
+    keys = [(layer, site, i) for layer in range(shape.num_layers) for site in FFN_SITES for i in range(shape.width(site))]
     pick = torch.randperm(len(keys), generator=torch.Generator().manual_seed(0))[: len(keys) * 3 // 10].tolist()
     meta = {"model": model_metadata(config, str(model)), "method": "random", "k": len(pick), "seed": 0, "relation": None}
     return NeuronSet.from_keys([keys[i] for i in pick], meta).save(out)

@@ -63,7 +63,7 @@ SELFCOND_ROWS = [
     ("model.layers.0.mlp.up_proj:0", 4, 0.95),
     ("model.layers.1.mlp.down_proj:0", 31, 0.9),  # ties with layer 0's gate_proj 0: the lower layer wins
     ("model.layers.1.mlp.up_proj:0", 2, 0.6),
-    ("model.layers.0.self_attn.q_proj:0", 1, 0.99),  # not an MLP site: skipped
+    ("model.layers.0.input_layernorm:0", 1, 0.99),  # not one of our sites: skipped
     ("model.layers.1.mlp.gate_proj:0", 3, 0.1),
 ]
 
@@ -159,7 +159,7 @@ def test_selfcond_selection_and_scores(flags, expected, model, tmp_path):
     assert found.keys() == set(expected)
     scores = {(layer, site, i): s for (layer, site), idx in found.neurons.items() for i, s in zip(idx.tolist(), found.scores[(layer, site)].tolist())}
     assert scores == pytest.approx(expected)
-    assert found.metadata["parameters"]["rows_skipped"] == {"q_proj:0": 1} and found.metadata["parameters"]["rows_mlp"] == 5
+    assert found.metadata["parameters"]["rows_skipped"] == {"input_layernorm:0": 1} and found.metadata["parameters"]["rows_read"] == 5
     assert found.metadata["source"]["tool"] == "selfcond" and found.metadata["source"]["sha256"] == _sha(tmp_path / "expertise.csv")
 
 
@@ -222,10 +222,10 @@ def _bad_inputs(tmp_path) -> dict[str, str]:
         (["kn", "{text}"], "is not valid JSON"),
         (["selfcond", "{sc_columns}", "--k", "2"], "needs the columns layer, unit, ap; missing ap (found: layer, unit, score)"),
         (["selfcond", "{sc_wide}", "--k", "2"], "line 8 (model.layers.1.mlp.up_proj:0, unit 64): layer 1 index 64 out of range"),
-        (["selfcond", "{sc_gpt2}", "--all"], "no row names an MLP module (…layers.L.mlp.gate_proj/up_proj/down_proj); its layer column names transformer.h.0.mlp.c_fc:0"),
+        (["selfcond", "{sc_gpt2}", "--all"], "no row names one of our sites (…layers.L.mlp.gate_proj/up_proj/down_proj or …layers.L.self_attn.q_proj/k_proj/v_proj/o_proj); its layer column names transformer.h.0.mlp.c_fc:0"),
         (["selfcond", "{sc_dup}", "--all"], "line 8 repeats model.layers.0.mlp.up_proj:0 unit 4 of line 3"),
         (["selfcond", "{sc_ok}"], "choose the neurons: --k N"),
-        (["selfcond", "{sc_ok}", "--k", "9"], "--k 9 is more than the 5 rows naming an MLP site"),
+        (["selfcond", "{sc_ok}", "--k", "9"], "--k 9 is more than the 5 rows naming one of our sites"),
         (["selfcond", "{sc_ok}", "--threshold", "0.99"], "ok.csv: rows with AP > 0.99 holds no neurons (pass --allow-empty"),
         (["selfcond", "{sc_ok}", "--all", "--k", "2"], "--all takes every row"),
         (["lape", "{lape_ok}", "--out", "{tmp}/one.safetensors"], "is one file, but the input holds 2 sets; give a folder"),

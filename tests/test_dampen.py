@@ -15,7 +15,7 @@ from relspec_lmeval.identify.dampen import dampen_sets, dampened_set
 from relspec_lmeval.identify.methods import dampen_factors
 from relspec_lmeval.lm.ablation import AblationSpec, ablated, apply_ablation
 from relspec_lmeval.lm.hflm import RelspecHFLM
-from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.modelio.sites import find_mlps
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.scores import Scores, save_scores
 from relspec_lmeval.sets.shape import ModelShape

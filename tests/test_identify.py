@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_llama
+from transformers import AutoConfig
 
 from relspec_lmeval.cli import main as cli_main
 from relspec_lmeval.data.relations import build_docs
@@ -26,7 +27,7 @@ from relspec_lmeval.identify.pipeline import identify
 from relspec_lmeval.identify.pool import choose_prompts, load_pool
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.scores import load_scores
-from relspec_lmeval.sets.shape import SITES
+from relspec_lmeval.sets.shape import FFN_SITES, SITES, ModelShape
 
 WORDS = "paris france europe asia tennis guitar piano apple google star".split()
 
@@ -59,7 +60,8 @@ def config(model: Path, out: Path, data: Path, **kw) -> IdentifyConfig:
 # ---------------------------------------------------------------------------- reference
 
 
-def reference_identify(model_dir: Path, data: Path, relation: str, k: int, select: str = "top", method: str = "ap"):
+def reference_identify(model_dir: Path, data: Path, relation: str, k: int, select: str = "top", method: str = "ap",
+                       sites: tuple[str, ...] = FFN_SITES):
     """Slow and obviously correct: per prompt, per neuron, sklearn (AP, AUROC) or the formula (mean-diff)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -79,16 +81,21 @@ def reference_identify(model_dir: Path, data: Path, relation: str, k: int, selec
     correct = {r: [True] * len(d) for r, d in pool.docs.items()}
     positives, negatives = choose_prompts(pool, correct, relation, cap=500, negative_ratio=4, seed=0)
 
-    keys = [(layer, site, i) for layer in range(model.config.num_hidden_layers) for site in SITES
-            for i in range(model.config.hidden_size if site == "down_proj" else model.config.intermediate_size)]
+    sites = [s for s in SITES if s in sites]  # the flat order's: forward order in a layer
+    cfg = model.config
+    width = {"gate_proj": cfg.intermediate_size, "up_proj": cfg.intermediate_size, "down_proj": cfg.hidden_size,
+             "o_proj": cfg.hidden_size, "q_proj": cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads),
+             "k_proj": cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)}
+    width["v_proj"] = width["k_proj"]
+    keys = [(layer, site, i) for layer in range(cfg.num_hidden_layers) for site in sites for i in range(width[site])]
 
     def neuron_values(prompt: str) -> list[float]:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
         assert ids[0, 0].item() == tokenizer.bos_token_id
         outputs = {}
-        handles = [getattr(layer.mlp, site).register_forward_hook(
+        handles = [getattr(layer.mlp if site in FFN_SITES else layer.self_attn, site).register_forward_hook(
             lambda m, a, o, key=(li, site): outputs.__setitem__(key, o[0].mean(dim=0)))
-            for li, layer in enumerate(model.model.layers) for site in SITES]
+            for li, layer in enumerate(model.model.layers) for site in sites]
         with torch.no_grad():
             model(ids)
         for h in handles:
@@ -127,6 +134,41 @@ def test_pipeline_matches_slow_reference(tiny_llama_dir, data_dir, tmp_path, sel
     scores = load_scores(tmp_path / "scores" / "person_mother.safetensors")
     flat_ap = torch.tensor([ap[key] for key in sorted(ap, key=lambda t: (t[0], SITES.index(t[1]), t[2]))])
     assert torch.allclose(scores.ap, flat_ap, atol=1e-6)
+
+
+ATTENTION_AND_DOWN = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+
+
+@pytest.fixture(scope="module")
+def gqa_llama_dir(tmp_path_factory) -> Path:  # 4 query heads, 2 key/value heads: q_proj 32 wide, k/v_proj 16
+    path = tmp_path_factory.mktemp("gqa-llama")
+    build_tiny_llama(path, kv_heads=2, seed=3)
+    return path
+
+
+@pytest.mark.parametrize("sites", [ATTENTION_AND_DOWN, ("k_proj",), ("up_proj",)])
+def test_sites_pipeline_matches_slow_reference(gqa_llama_dir, data_dir, tmp_path, sites):
+    """--sites: the attention projections' output channels (and any subset of sites) scored as the FFN's are."""
+    identify(config(gqa_llama_dir, tmp_path, data_dir, relations="person_mother", dtype="float64", batch_size=3,
+                    sites=",".join(reversed(sites))))  # any order on the command line: the flat order is forward order
+    got = NeuronSet.load(tmp_path / "person_mother.safetensors")
+    want, ap, means = reference_identify(gqa_llama_dir, data_dir, "person_mother", 25, sites=sites)
+    assert got.keys() == want and {site for _, site in got.neurons} <= set(sites)
+    for (layer, site), index in got.neurons.items():
+        for i, mean in zip(index.tolist(), got.means[(layer, site)].tolist()):
+            assert mean == pytest.approx(means[(layer, site, i)], rel=1e-4, abs=1e-6)
+    scores = load_scores(tmp_path / "scores" / "person_mother.safetensors")
+    assert scores.layout.sites == tuple(s for s in SITES if s in sites)
+    assert torch.allclose(scores.ap, torch.tensor([ap[key] for key in ap]), atol=1e-6)  # reference keys: flat order
+    block = got.metadata["model"]
+    assert block.get("sites", list(FFN_SITES)) == list(scores.layout.sites)
+    if "k_proj" in sites:
+        assert (block["num_attention_heads"], block["num_key_value_heads"], block["head_dim"]) == (4, 2, 8)
+        assert scores.layout.width("k_proj") == 16 and scores.layout.width("q_proj") == 32
+    assert got.recorded_shape() == scores.layout
+    got.validate(ModelShape.from_config(AutoConfig.from_pretrained(gqa_llama_dir)))
+    recut = NeuronSet.load(select_sets([tmp_path / "scores" / "person_mother.safetensors"], 25, out=tmp_path / "cut")[0])
+    assert recut.keys() == got.keys()  # the scores file alone gives the same cut
 
 
 # ---------------------------------------------------------------------------- files and metadata
@@ -421,7 +463,7 @@ def test_statistics_pass_ends_at_the_last_site(tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from relspec_lmeval.identify.activations import activation_matrix
-    from relspec_lmeval.modelio.mlps import model_shape
+    from relspec_lmeval.modelio.sites import model_shape
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)

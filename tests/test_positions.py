@@ -17,7 +17,7 @@ from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.lm.ablation import AblationSpec
 from relspec_lmeval.lm.hflm import RelspecHFLM
 from relspec_lmeval.lm.positions import plan_chunks
-from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.modelio.sites import site_modules
 from relspec_lmeval.sets.neuron_set import NeuronSet
 
 WIDTHS = {"gate_proj": 64, "up_proj": 64, "down_proj": 32}
@@ -64,12 +64,12 @@ def edit(selected: torch.Tensor, key, mode: str) -> torch.Tensor:
 class Reference:
     """A fresh copy of the model whose hooks edit the set's channels at ``self.where`` (a set of positions)."""
 
-    def __init__(self, model_dir, mode: str) -> None:
+    def __init__(self, model_dir, mode: str, neurons: dict | None = None) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.where: set[int] = set()
-        for (layer, site), index in NEURONS.items():
-            module = getattr(find_mlps(self.model)[layer], site)
-            module.register_forward_hook(self._hook((layer, site), torch.tensor(index), mode))
+        neurons = NEURONS if neurons is None else neurons
+        for key, module in site_modules(self.model, neurons).items():
+            module.register_forward_hook(self._hook(key, torch.tensor(neurons[key]), mode))
 
     def _hook(self, key, index, mode):
         def hook(module, args, out):
@@ -150,6 +150,28 @@ def test_positions_match_the_slow_reference(tiny_llama_dir, set_file, positions)
     assert lm.generate_until(requests("generate_until", generate_args(steps))) == reference_generate(ref, lm, positions, steps)
     rolling = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(t,) for t in ROLLING]))
     assert rolling == pytest.approx(reference_rolling(ref, lm, positions), abs=1e-4)
+
+
+ATTENTION = {(0, "q_proj"): [0, 3, 17], (0, "v_proj"): list(range(0, 32, 4)), (1, "k_proj"): [5], (1, "o_proj"): [2, 30],
+             (1, "down_proj"): [1]}
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt", "last", "generated"])
+def test_attention_sites_under_positions_match_the_slow_reference(tiny_llama_dir, tmp_path, positions):
+    """Attention sites too: the mask starts at the set's first site (layer 0's q_proj, before any MLP runs)."""
+    path = NeuronSet(ATTENTION, {"model": MODEL}).save(tmp_path / "attention.safetensors")
+    lm = RelspecHFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=3, neuron_set=str(path), positions=positions)
+    assert lm.relspec_info()["applied_with"] == (["weights"] if positions == "all" else ["hooks"])
+    ref = Reference(tiny_llama_dir, "zero", ATTENTION)
+    got = lm.loglikelihood(requests("loglikelihood", LOGLIKELIHOOD))
+    want = reference_loglikelihood(ref, lm, positions)
+    for i, ((g, g_greedy), (w, w_greedy)) in enumerate(zip(got, want, strict=True)):
+        if positions == "all" and i == MERGED:
+            continue
+        assert g == pytest.approx(w, abs=1e-4) and g_greedy == w_greedy
+    assert lm.generate_until(requests("generate_until", generate_args(4))) == reference_generate(ref, lm, positions, 4)
+    plain = Reference(tiny_llama_dir, "zero", {})
+    assert [x for x, _ in want] != pytest.approx([x for x, _ in reference_loglikelihood(plain, lm, positions)], abs=1e-4)
 
 
 def test_the_positions_differ_from_each_other_and_from_the_original(tiny_llama_dir, set_file):

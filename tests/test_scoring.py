@@ -95,7 +95,7 @@ def test_selection_errors():
 
 
 def test_layout_flat_order_is_layer_site_index():
-    keys = [(layer, SITES.index(site), i) for layer, site, _, width in LAYOUT.sites() for i in range(width)]
+    keys = [(layer, SITES.index(site), i) for layer, site, _, width in LAYOUT.blocks() for i in range(width)]
     assert keys == sorted(keys) and len(keys) == LAYOUT.total == 22
     flat = torch.arange(LAYOUT.total, dtype=torch.float32)
     parts = LAYOUT.split(flat)

@@ -83,7 +83,7 @@ def _model_shape(config: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from relspec_lmeval.modelio.mlps import find_mlps
+    from relspec_lmeval.modelio.sites import find_mlps
     from relspec_lmeval.sets.shape import ModelShape
 
     try:

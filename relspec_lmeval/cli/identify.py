@@ -47,6 +47,7 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         correct_metric=args.correct_metric,
         correct_by=args.correct_by,
         method=args.method,
+        sites=args.sites,
         apply_chat_template=args.apply_chat_template,
         system_instruction=args.system_instruction,
         template_set=args.template_set,
@@ -121,6 +122,11 @@ def add_parser(sub: Any) -> None:
         help="the neuron score: ap (average precision, the paper's; default), auroc (AurA's area under the ROC curve) or "
         "mean-diff (mean over positives minus mean over negatives, the probeless ranking) or lape (Tang et al.'s activation-"
         "probability entropy over all relations; with --no-filter); docs/identification.md",
+    )
+    p.add_argument(
+        "--sites", default=None, metavar="SITE,…",
+        help="the sites whose output channels are scored: any of gate_proj, up_proj, down_proj (the default, the paper's) "
+        "and the attention's q_proj, k_proj, v_proj, o_proj (the paper's App. G), comma-separated",
     )
     p.add_argument(
         "--correct-by", default="generate", choices=list(CORRECT_BY),

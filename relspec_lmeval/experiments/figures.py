@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from relspec_lmeval.experiments.study import NA, Condition, Row, Study, mean_present, value
-from relspec_lmeval.sets.shape import SITES
+from relspec_lmeval.experiments.tables import row_sites
 
 
 def _plt():
@@ -58,7 +58,7 @@ def figure_layers(study: Study, rows: list[Row], path: Path) -> None:
     left.set_xlabel("layer")
     fig.colorbar(image, ax=left, fraction=0.03, label="share")
     bottom = [0] * len(layers)
-    for site in SITES:
+    for site in row_sites(rows):
         counts = [sum(x[site] for x in rows if x["layer"] == layer) for layer in layers]
         right.bar(layers, counts, bottom=bottom, label=site)
         bottom = [b + c for b, c in zip(bottom, counts)]

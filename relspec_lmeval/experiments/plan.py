@@ -233,7 +233,8 @@ def _check_scores(relations: list[str], sets_dir: Path, shape: ModelShape, model
     if absent:
         raise NeuronSetError(f"the k sweep needs scores files to cut sets from, and these are missing: {', '.join(absent)}")
     for path in paths:
-        if load_scores(path).layout != shape:
+        layout = load_scores(path).layout
+        if layout != shape.with_sites(layout.sites):  # the same model, whichever sites identify scored
             raise NeuronSetError(f"{path} was made for another model shape than {model!r}")
 
 

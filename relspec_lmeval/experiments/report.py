@@ -33,10 +33,10 @@ from relspec_lmeval.experiments.tables import (
     matrix_rows,
     pair_rows,
     perplexity_rows,
+    row_sites,
     template_rows,
     write_table,
 )
-from relspec_lmeval.sets.shape import SITES
 from relspec_lmeval.util.files import atomic_write_text
 
 __all__ = ["write_report"]
@@ -55,7 +55,7 @@ def read_layers(study: Study, rows: list[Row]) -> str:
     for r in study.relations:
         mine = [x for x in rows if x["relation"] == r]
         peaks[r] = max(mine, key=lambda x: (x["total"], -x["layer"]))["layer"]
-    sites = {s: sum(r[s] for r in rows) / total for s in SITES}
+    sites = {s: sum(r[s] for r in rows) / total for s in row_sites(rows)}
     return (f"{_pct(middle / total)} of all neurons sit in the middle third of the layers ({lo}–{hi - 1}; "
             f"{_pct((hi - lo) / n)} of the layers). Peak layer per relation: "
             + ", ".join(f"{r} {p}" for r, p in peaks.items()) + ". By site: " + ", ".join(f"{s} {_pct(v)}" for s, v in sites.items())

@@ -11,18 +11,25 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.experiments.study import BASELINE, NA, Condition, Row, Study, mean_present, relative_drop, value
-from relspec_lmeval.sets.shape import SITES
+from relspec_lmeval.sets.shape import FFN_SITES, SITES
 from relspec_lmeval.util.files import atomic_write_text
 
 
+def row_sites(rows: list[Row]) -> list[str]:
+    """The site columns of ``layer_rows`` (the FFN's always; an attention site when a set has one)."""
+    return [s for s in SITES if rows and s in rows[0]]
+
+
 def layer_rows(study: Study) -> list[Row]:
+    present = {site for r in study.relations for counts in study.sets[r].per_layer.values() for site in counts}
+    sites = [s for s in SITES if s in FFN_SITES or s in present]
     rows = []
     for r in study.relations:
         stats = study.sets[r]
         for layer in range(study.num_layers):
             counts = stats.per_layer.get(layer, {})
-            total = sum(counts.get(site, 0) for site in SITES)
-            rows.append({"relation": r, "layer": layer, **{s: counts.get(s, 0) for s in SITES}, "total": total,
+            total = sum(counts.get(site, 0) for site in sites)
+            rows.append({"relation": r, "layer": layer, **{s: counts.get(s, 0) for s in sites}, "total": total,
                          "share": total / stats.count if stats.count else 0.0})
     return rows
 

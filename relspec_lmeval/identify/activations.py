@@ -2,7 +2,8 @@
 
 A neuron's value for a prompt is its output averaged over the prompt's tokens (BOS
 included, padding excluded through the attention mask). One forward hook per (layer,
-site) turns the [batch, tokens, width] output into [batch, width] means with one batched
+site) of the layout (``ModelShape.sites``: the FFN's by default, attention projections when
+asked) turns the [batch, tokens, width] output into [batch, width] means with one batched
 matmul against the mask and writes them into a [batch, neurons] buffer: no Python loop
 over neurons, prompts or tokens.
 
@@ -29,7 +30,7 @@ from torch import nn
 
 from relspec_lmeval.errors import ModelError
 from relspec_lmeval.identify.early_stop import forward_until, stop_after
-from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.modelio.sites import find_layers, site_modules
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress
 
@@ -201,9 +202,10 @@ class ActivationRecorder(HookedRecorder):
         self.layout = layout
         self.device = device or input_device(model)
         self.dtype = stats_dtype(model)
-        self.mlps = find_mlps(model)
-        if len(self.mlps) != layout.num_layers:
-            raise ModelError(f"model has {len(self.mlps)} MLP layers, layout expects {layout.num_layers}")
+        layers = len(find_layers(model))
+        if layers != layout.num_layers:
+            raise ModelError(f"model has {layers} decoder layers, layout expects {layout.num_layers}")
+        self.modules = site_modules(model, [(layer, site) for layer, site, _, _ in layout.blocks()])
         self.handles: list[Any] = []
         self.buffer: torch.Tensor | None = None
         self._pending: set[int] = set()
@@ -211,15 +213,13 @@ class ActivationRecorder(HookedRecorder):
         self._mask: torch.Tensor | None = None
 
     def install(self) -> None:
-        for layer, site, offset, width in self.layout.sites():
-            module = getattr(self.mlps[layer], site)
-            self.handles.append(module.register_forward_hook(self._hook(offset, width)))
+        for layer, site, offset, width in self.layout.blocks():
+            self.handles.append(self.modules[(layer, site)].register_forward_hook(self._hook(offset, width)))
 
     @property
     def last_module(self) -> nn.Module:
-        """The site that fires last in a forward pass (the last layer's down_proj)."""
-        layer, site, _, _ = list(self.layout.sites())[-1]
-        return getattr(self.mlps[layer], site)
+        """The site that fires last in a forward pass (the flat order is forward order: by default the last down_proj)."""
+        return list(self.modules.values())[-1]
 
     def arm(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Prepare for one batch; returns the (zeroed) buffer the hooks will fill."""
@@ -228,12 +228,12 @@ class ActivationRecorder(HookedRecorder):
             self.buffer = torch.empty((batch, self.layout.total), dtype=self.dtype, device=self.device)
         self._mask = attention_mask
         self._masks.clear()
-        self._pending = {offset for _, _, offset, _ in self.layout.sites()}
+        self._pending = {offset for _, _, offset, _ in self.layout.blocks()}
         return self.buffer[:batch]
 
     def check(self) -> torch.Tensor:
         if self._pending:
-            raise RuntimeError(f"{len(self._pending)} MLP sites produced no output in the forward pass")
+            raise RuntimeError(f"{len(self._pending)} sites produced no output in the forward pass")
         assert self._mask is not None and self.buffer is not None
         return self.buffer[: self._mask.shape[0]]
 

@@ -10,6 +10,7 @@ from typing import Any
 from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.errors import UsageError
 from relspec_lmeval.sets.scores import SELECT_MODES
+from relspec_lmeval.sets.shape import DEFAULT_SITES, parse_sites
 
 __all__ = ["CORRECT_BY", "IDENTIFY_METHODS", "DEFAULT_CAP", "DEFAULT_K", "DEFAULT_MIN_POSITIVES", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
 
@@ -54,6 +55,7 @@ class IdentifyConfig:
     correct_metric: str = "acc"  # the paper's prefix check, or acc_lenient (data.metrics)
     method: str = "ap"  # the neuron score (identify.methods): ap (the paper's), auroc, mean-diff
     correct_by: str = "generate"  # positives by greedy generation (the paper's) or by relation_choice (choice_check)
+    sites: str | Sequence[str] | None = None  # the sites scored (sets.shape.SITES); None: gate_proj, up_proj, down_proj
     template_set: str = "main"
     language: str = "en"
     lre_dir: str | None = None
@@ -69,8 +71,15 @@ class IdentifyConfig:
             return self.min_positives
         return DEFAULT_MIN_POSITIVES if self.filter else 1
 
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        """The sites scored, in forward order (``UsageError`` for an unknown one)."""
+        return parse_sites(self.sites)
+
     def check(self) -> None:
         """``UsageError`` for a flag value that cannot work (checked before anything is loaded)."""
+        if self.site_names != DEFAULT_SITES and self.method == "lape":
+            raise UsageError("--method lape scores the activation act_fn(gate_proj) (Tang et al.'s neuron); --sites does not apply to it")
         if self.k < 1:
             raise UsageError(f"--k must be at least 1, got {self.k}")
         if self.select not in SELECT_MODES:

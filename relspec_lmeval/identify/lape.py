@@ -33,7 +33,7 @@ from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError, UsageError
 from relspec_lmeval.identify.activations import HookedRecorder, Processes, forward_kwargs, input_device, length_batches, pad_batch
-from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.modelio.sites import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress as progress_bar
 

@@ -44,10 +44,10 @@ from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
 from relspec_lmeval.modelio.load import load_config, load_model
-from relspec_lmeval.modelio.mlps import find_mlps
+from relspec_lmeval.modelio.sites import find_mlps, site_modules
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.scores import Scores, save_scores
-from relspec_lmeval.sets.shape import ModelShape, model_metadata
+from relspec_lmeval.sets.shape import DEFAULT_SITES, ModelShape, model_metadata
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.resources import refuse_shipped
 
@@ -122,10 +122,10 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     if not selected:
         raise DataError(f"no relations found in --data {cfg.data!r}")
     config = load_config(cfg.model, cfg.revision, cfg.gguf_file, cfg.progress)
-    shape = ModelShape.from_config(config)
+    shape = ModelShape.from_config(config, cfg.site_names)
     if cfg.k > shape.total:
-        raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r}")
-    model_block = model_metadata(config, cfg.model, cfg.revision, gguf_file=cfg.gguf_file)
+        raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r} at {', '.join(shape.sites)}")
+    model_block = model_metadata(config, cfg.model, cfg.revision, gguf_file=cfg.gguf_file, sites=shape.sites)
     out = Path(cfg.out)
     check_out_dir(out, model_block, cfg.force)
     return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out))
@@ -175,6 +175,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map,
                                   gguf_file=cfg.gguf_file, progress=cfg.progress)
     find_mlps(model)
+    site_modules(model, [(layer, site) for layer, site, _, _ in shape.blocks()])  # every scored site exists, before any pass
     device = model.get_input_embeddings().weight.device
     if cfg.apply_chat_template:  # the strings lm-eval sends under --apply_chat_template
         texts_of = {r: chat_prompts(docs, tokenizer, cfg.system_instruction) for r, docs in pool.docs.items()}
@@ -215,6 +216,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     parameters = {
         "k": cfg.k,
         "select": cfg.select,
+        **({"sites": list(shape.sites)} if shape.sites != DEFAULT_SITES else {}),
         "cap": cfg.cap,
         "negative_ratio": cfg.negative_ratio,
         "seed": cfg.seed,

@@ -1,10 +1,11 @@
 """Switching neurons off inside a transformers model, and always being able to undo it.
 
+A set's neurons are output channels of MLP or attention projections (``modelio.sites``).
 For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f,
 one factor for all with ``mode=scale``, the set's per-neuron factors with ``mode=dampen``)
 is exactly setting row j of the weight to 0 (or scaling it): the edit costs nothing at run
 time and works on ``device_map``-sharded models. Where that is not exact or not possible
-(an MLP bias, PEFT/LoRA wrappers, quantized or offloaded weights, ``mode=mean``) a forward
+(a bias, e.g. Qwen2's q/k/v_proj, PEFT/LoRA wrappers, quantized or offloaded weights, ``mode=mean``) a forward
 hook rewrites the channel's output instead. Both paths undo themselves in ``remove()``.
 """
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.lm.positions import PositionMask, check_positions
-from relspec_lmeval.modelio.mlps import find_mlps, model_shape
+from relspec_lmeval.modelio.sites import find_mlps, model_shape, site_modules
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
 
@@ -184,23 +185,25 @@ def apply_ablation(
     With ``spec.positions`` other than ``all``, ``positions`` (the caller's ``PositionMask``,
     told what each forward pass holds) decides where; it is required then.
 
-    Raises ``UnsupportedModelError`` for MLPs without separate gate/up/down projections and
+    Raises ``UnsupportedModelError`` for MLPs without separate gate/up/down projections (or an
+    attention without q/k/v/o projections when the set names them) and
     ``NeuronSetError`` when the set does not fit the model or the mode cannot be applied;
     on any error the model is left as it was.
     """
     spec = spec or AblationSpec()
-    mlps = find_mlps(model)
+    find_mlps(model)
     neuron_set.validate(model_shape(model), allow_empty=True)  # callers decide whether empty is allowed
+    modules = site_modules(model, neuron_set.neurons)
     check_mode_fits(neuron_set, spec)
     if spec.positions != "all" and (positions is None or positions.positions != spec.positions):
         raise NeuronSetError(f"positions={spec.positions} needs a PositionMask of the same positions (relspec-hf makes one)")
     masked = positions if spec.positions != "all" else None
     ablation = Ablation()
     try:
-        if masked is not None and neuron_set.neurons:
-            ablation.hooks.append(mlps[0].register_forward_pre_hook(masked.start_forward))
+        if masked is not None and neuron_set.neurons:  # before the first hooked site (sets are in forward order)
+            ablation.hooks.append(modules[next(iter(neuron_set.neurons))].register_forward_pre_hook(masked.start_forward))
         for (layer, site), index in neuron_set.neurons.items():
-            module = getattr(mlps[layer], site)
+            module = modules[(layer, site)]
             use_weights = spec.method == "weights" or (
                 spec.method == "auto" and spec.mode != "mean" and masked is None and _weight_editable(module)
             )

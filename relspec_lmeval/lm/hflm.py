@@ -30,7 +30,7 @@ from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.lm.ablation import Ablation, AblationSpec, apply_ablation, check_mode_fits
 from relspec_lmeval.lm.positions import PositionMask, Row, plan_chunks
 from relspec_lmeval.modelio.load import load_config, resolve_pretrained
-from relspec_lmeval.modelio.mlps import find_mlps, model_shape
+from relspec_lmeval.modelio.sites import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.sets.resolve import load_sets
 from relspec_lmeval.sets.shape import ModelShape

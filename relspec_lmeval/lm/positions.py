@@ -8,7 +8,7 @@
   tokens ``generate`` produces (each is ablated where it is the input of a decoding step).
 
 A weight edit changes every position, so these masks work through forward hooks: a forward
-pre-hook on layer 0's MLP (the first MLP of every forward pass) sets ``PositionMask.current``
+pre-hook on the set's first site (the first of them to run in every forward pass) sets ``PositionMask.current``
 for that pass, and the site hooks of ``lm.ablation`` apply their edit where it is true.
 ``RelspecHFLM`` says what each pass holds (``rows`` for ``_model_call``, ``generating`` for
 ``_model_generate``); a pass outside those (a direct ``model(ids)``) is an error, never a guess.

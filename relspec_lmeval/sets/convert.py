@@ -49,7 +49,7 @@ MAPPINGS = {
     "kn": "knowledge-neurons [layer, i] = FFN intermediate activation i (the input of the second FFN linear, "
     "act_fn(gate)[i] * up[i] in a gated MLP) -> up_proj output channel i of that layer",
     "selfcond": "a row's module output channel: model.layers.L.mlp.gate_proj (before the activation) / up_proj / "
-    "down_proj, unit i -> that site, index i",
+    "down_proj or model.layers.L.self_attn.q_proj / k_proj / v_proj / o_proj, unit i -> that site, index i",
 }
 _STEM = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -101,7 +101,8 @@ def check_neuron(path: Path, shape: ModelShape, entry: str, layer: int, site: st
         )
     width = shape.width(site)
     if not 0 <= index < width:
-        size = "hidden_size" if site == "down_proj" else "intermediate_size"
+        size = {"down_proj": "hidden_size", "o_proj": "hidden_size", "q_proj": "heads × head_dim", "k_proj": "kv heads × head_dim",
+                "v_proj": "kv heads × head_dim"}.get(site, "intermediate_size")
         raise NeuronSetError(
             f"{path}: {entry}: layer {layer} index {index} out of range ({site} has {width} channels, the model's {size}); "
             "is the file for another model?"

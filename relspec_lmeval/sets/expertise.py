@@ -3,8 +3,9 @@
 The file has a row per unit: ``layer`` (the response name, a module name plus ``:0``),
 ``unit`` (the output channel), ``ap`` (its Average Precision for the concept), and more
 (``on_p50``, ``off_mean``, ``uuid``, ``concept``, …). Rows of ``…layers.L.mlp.gate_proj``
-(before the activation), ``up_proj`` and ``down_proj`` are our sites as they stand; other
-modules (attention, GPT-2 names) are skipped and counted. The APs become the set's scores.
+(before the activation), ``up_proj`` and ``down_proj``, and of ``…layers.L.self_attn.q_proj``,
+``k_proj``, ``v_proj``, ``o_proj``, are our sites as they stand; other modules (norms, GPT-2
+names) are skipped and counted. The APs become the set's scores.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from relspec_lmeval.util.suggest import known_list
 
 __all__ = ["read_selfcond"]
 
-_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)(?::0)?$")
+_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:mlp|self_attn)\.(gate_proj|up_proj|down_proj|q_proj|k_proj|v_proj|o_proj)(?::0)?$")
 
 _REQUIRED = ("layer", "unit", "ap")
 
@@ -40,7 +41,7 @@ def _choose(rows: list[tuple[float, Key]], k: int | None, threshold: float | Non
     if k is None:
         return pool
     if k > len(pool):
-        where = f" with AP > {threshold}" if threshold is not None else " naming an MLP site"
+        where = f" with AP > {threshold}" if threshold is not None else " naming one of our sites"
         raise NeuronSetError(f"--k {k} is more than the {len(pool)} rows{where}")
     descending = sorted(pool, key=lambda row: (-row[0], *_site_order(row)))
     if select == "top":
@@ -51,7 +52,7 @@ def _choose(rows: list[tuple[float, Key]], k: int | None, threshold: float | Non
 
 
 def _read_rows(path: Path, shape: ModelShape) -> tuple[list[tuple[float, Key]], Counter, set[str]]:
-    """(ap, key) of every row naming an MLP site; the other rows' modules (counted); the concept column's values."""
+    """(ap, key) of every row naming one of our sites; the other rows' modules (counted); the concept column's values."""
     rows: list[tuple[float, Key]] = []
     seen: dict[Key, int] = {}
     skipped: Counter = Counter()  # module name -> rows
@@ -124,7 +125,7 @@ def read_selfcond(
     if take_all and (k is not None or threshold is not None):
         raise UsageError("--all takes every row; leave out --k and --threshold")
     if not take_all and k is None and threshold is None:
-        raise UsageError("choose the neurons: --k N (top N by AP), --threshold T (AP > T) or --all (every MLP row)")
+        raise UsageError("choose the neurons: --k N (top N by AP), --threshold T (AP > T) or --all (every row of one of our sites)")
     if threshold is not None and not math.isfinite(threshold):
         raise UsageError(f"--threshold must be a finite number, got {threshold}")
     if k is not None and k < 1:
@@ -137,18 +138,18 @@ def read_selfcond(
     rows, skipped, concepts = _read_rows(path, shape)
     if not rows:
         others = f"; its layer column names {known_list(skipped, 3)}" if skipped else ""
-        raise NeuronSetError(f"{path}: no row names an MLP module (…layers.L.mlp.gate_proj/up_proj/down_proj){others}")
+        raise NeuronSetError(f"{path}: no row names one of our sites (…layers.L.mlp.gate_proj/up_proj/down_proj or …layers.L.self_attn.q_proj/k_proj/v_proj/o_proj){others}")
     chosen = _choose(rows, k, threshold, select)
     label = name or (next(iter(concepts)) if len(concepts) == 1 else path.stem)
-    kinds: Counter = Counter()  # the skipped rows by module kind: q_proj:0, o_proj:0, …
+    kinds: Counter = Counter()  # the skipped rows by module kind: input_layernorm:0, c_fc:0, …
     for module, count in skipped.items():
         kinds[module.rsplit(".", 1)[-1]] += count
     parameters = {
-        "k": k, "threshold": threshold, "select": select, "all": take_all, "rows_mlp": len(rows),
+        "k": k, "threshold": threshold, "select": select, "all": take_all, "rows_read": len(rows),
         "rows_skipped": dict(sorted(kinds.items())),
     }
     rules = [f"{'top/bottom' if select == 'both' else 'top'} {k} by AP"] if k else []
     rules += [f"rows with AP > {threshold}"] if threshold is not None else []
-    rule = " of ".join(rules) or "every MLP row"
+    rule = " of ".join(rules) or "every row of one of our sites"
     found = ForeignSet(label, rule, [key for _, key in chosen], {key: ap for ap, key in chosen})
     return Converted("selfcond", path, file_sha256(path), [found], parameters)

@@ -1,7 +1,8 @@
-"""The neuron-set file: which FFN neurons to switch off, and where they came from.
+"""The neuron-set file: which neurons to switch off, and where they came from.
 
 A neuron is one output channel of ``gate_proj`` (before the activation), ``up_proj`` or
-``down_proj`` in one layer's MLP; sites are named explicitly because tools disagree on what
+``down_proj`` in one layer's MLP, or of the attention's ``q_proj``, ``k_proj``, ``v_proj`` or
+``o_proj`` (``sets.shape.SITES``); sites are named explicitly because tools disagree on what
 a neuron is. One set per safetensors file (never pickle):
 
 * ``layers.{L}.{site}.indices``: int64, sorted, unique channel indices;
@@ -27,7 +28,7 @@ import torch
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
-from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES, ModelShape, Site
+from relspec_lmeval.sets.shape import ATTENTION_KEYS, FFN_SITES, SHAPE_KEYS, SITES, ModelShape, Site
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
@@ -107,14 +108,20 @@ class NeuronSet:
         """Every neuron as a (layer, site, index) triple."""
         return {(layer, site, int(i)) for (layer, site), idx in self.neurons.items() for i in idx.tolist()}
 
+    def counted_sites(self) -> tuple[str, ...]:
+        """The sites counts are reported for: the FFN's always, an attention site when the set has one."""
+        present = {site for _, site in self.neurons}
+        return tuple(s for s in SITES if s in FFN_SITES or s in present)
+
     def count_per_layer(self) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {}
+        sites = self.counted_sites()
         for (layer, site), idx in self.neurons.items():
-            counts.setdefault(layer, dict.fromkeys(SITES, 0))[site] = int(idx.numel())
+            counts.setdefault(layer, dict.fromkeys(sites, 0))[site] = int(idx.numel())
         return dict(sorted(counts.items()))
 
     def count_per_site(self) -> dict[str, int]:
-        totals = dict.fromkeys(SITES, 0)
+        totals = dict.fromkeys(self.counted_sites(), 0)
         for (_, site), idx in self.neurons.items():
             totals[site] += int(idx.numel())
         return totals
@@ -129,10 +136,10 @@ class NeuronSet:
         recorded = self.metadata.get("model")
         if recorded is not None and not isinstance(recorded, Mapping):
             raise NeuronSetError(f"{self._label()}: metadata 'model' must be an object, got {type(recorded).__name__}")
-        for key in SHAPE_KEYS:
+        for key in (*SHAPE_KEYS, *ATTENTION_KEYS):  # attention widths: where both the file and the shape know them
             want = getattr(shape, key)
             have = (recorded or {}).get(key)
-            if have is None:
+            if have is None or want is None:
                 continue
             if isinstance(have, bool) or not isinstance(have, int):
                 raise NeuronSetError(f"{self._label()}: metadata model.{key} must be an integer, got {have!r}")
@@ -149,7 +156,10 @@ class NeuronSet:
         for (layer, site), idx in self.neurons.items():
             if layer >= shape.num_layers:
                 raise NeuronSetError(f"{self._label()}: layer {layer} out of range (model has {shape.num_layers} layers)")
-            width = shape.width(site)
+            try:
+                width = shape.width(site)
+            except NeuronSetError as exc:  # an attention site against a shape without attention widths
+                raise NeuronSetError(f"{self._label()}: layer {layer} {exc}") from None
             if int(idx.max()) >= width:
                 raise NeuronSetError(
                     f"{self._label()}: layer {layer} {site} index {int(idx.max())} out of range (width {width})"

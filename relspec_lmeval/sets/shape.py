@@ -1,48 +1,101 @@
 """``ModelShape``: the widths a set must fit, and where each neuron sits in the flat order.
 
-A neuron is one output channel of ``gate_proj`` (before the activation), ``up_proj`` or
-``down_proj`` in one layer's MLP. Every neuron has a *flat index*: layers in order, and
-inside a layer ``gate_proj`` (intermediate_size channels), then ``up_proj``, then
-``down_proj`` (hidden_size). Sorting by flat index is sorting by (layer, site, index): the
-documented tie-break of every ranking, so one stable sort does a whole selection.
+A neuron is one output channel of a linear layer of one decoder layer, at one *site*: the
+MLP's ``gate_proj`` (before the activation), ``up_proj`` or ``down_proj`` (the paper's units,
+the default), or the attention's ``q_proj``, ``k_proj``, ``v_proj`` or ``o_proj`` (the
+paper's App. G; ``q/k/v`` before RoPE and any q/k norm). Every neuron has a *flat index*:
+layers in order, and inside a layer the shape's ``sites`` in forward order (``SITES``: the
+attention projections, then gate, up, down), each ``width(site)`` channels. Sorting by flat
+index is sorting by (layer, site, index): the documented tie-break of every ranking, so one
+stable sort does a whole selection. With the default sites the order is the one every
+earlier file used (gate, up, down per layer).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from relspec_lmeval.errors import NeuronSetError, UnsupportedModelError
+from relspec_lmeval.errors import NeuronSetError, UnsupportedModelError, UsageError
+from relspec_lmeval.util.suggest import did_you_mean
 
-__all__ = ["SHAPE_KEYS", "SITES", "ModelShape", "Site", "config_fingerprint", "model_metadata"]
+__all__ = [
+    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "FFN_SITES", "SHAPE_KEYS", "SITES", "ModelShape", "Site",
+    "config_fingerprint", "model_metadata", "parse_sites",
+]
 
-SITES = ("gate_proj", "up_proj", "down_proj")
+FFN_SITES = ("gate_proj", "up_proj", "down_proj")
+ATTENTION_SITES = ("q_proj", "k_proj", "v_proj", "o_proj")
+SITES = ATTENTION_SITES + FFN_SITES  # every site a set may name, in the order they run in a decoder layer
+DEFAULT_SITES = FFN_SITES  # what identification scores unless told otherwise (the paper's)
 Site = tuple[int, str]  # (layer, site name)
 SHAPE_KEYS = ("num_layers", "hidden_size", "intermediate_size")  # the recorded shape in a file's ``model`` block
+# recorded too when a file has attention sites: the widths of q_proj (heads × head_dim) and k/v_proj (kv heads × head_dim)
+ATTENTION_KEYS = ("num_attention_heads", "num_key_value_heads", "head_dim")
 
 
-@dataclass(frozen=True)
+def parse_sites(value: str | Iterable[str] | None, flag: str = "--sites") -> tuple[str, ...]:
+    """``"q_proj,down_proj"`` (or a list) → the sites in forward order; ``UsageError`` naming an unknown or repeated site."""
+    if value is None:
+        return DEFAULT_SITES
+    names = [s.strip() for s in value.split(",")] if isinstance(value, str) else [str(s).strip() for s in value]
+    names = [s for s in names if s]
+    if not names:
+        raise UsageError(f"{flag} names no site; choose from {', '.join(SITES)}")
+    for name in names:
+        if name not in SITES:
+            raise UsageError(f"{flag}: unknown site {name!r}; sites are {', '.join(SITES)}.{did_you_mean(name, SITES)}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{flag} names a site twice: {','.join(names)}")
+    return tuple(s for s in SITES if s in names)
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+@dataclass(frozen=True, eq=False)
 class ModelShape:
-    """Layers and widths of a model's MLPs (``model_type`` is informative, not compared)."""
+    """Layers and widths of a model's sites, and which ``sites`` the flat order runs over.
+
+    ``model_type`` is informative. Two shapes are equal when they give the same flat order:
+    the same sites over the same widths (the attention widths count only when an attention
+    site is among the sites, so a file without them equals the model it was made for).
+    """
 
     num_layers: int
     hidden_size: int
     intermediate_size: int
-    model_type: str = field(default="llama", compare=False)
+    model_type: str = "llama"
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    sites: tuple[str, ...] = field(default=DEFAULT_SITES)
 
     def __post_init__(self) -> None:
         for key in SHAPE_KEYS:
+            if not _positive(getattr(self, key)):
+                raise NeuronSetError(f"model shape: {key} must be a positive integer, got {getattr(self, key)!r}")
+        for key in ATTENTION_KEYS:
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if value is not None and not _positive(value):
                 raise NeuronSetError(f"model shape: {key} must be a positive integer, got {value!r}")
+        sites = tuple(self.sites)
+        unknown = [s for s in sites if s not in SITES]
+        if not sites or unknown or len(set(sites)) != len(sites):
+            raise NeuronSetError(f"model shape: sites must be distinct names out of {', '.join(SITES)}, got {list(sites)}")
+        object.__setattr__(self, "sites", tuple(s for s in SITES if s in sites))  # always in forward order
+        if self.has_attention_sites and not self.has_attention_widths:
+            raise NeuronSetError(f"model shape: attention sites need {', '.join(ATTENTION_KEYS)}")
 
+    # ---- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, config: Any) -> ModelShape:
+    def from_config(cls, config: Any, sites: Iterable[str] = DEFAULT_SITES) -> ModelShape:
         config = getattr(config, "get_text_config", lambda: config)()
         kind = str(getattr(config, "model_type", "unknown"))
         missing = [key for key in ("num_hidden_layers", "hidden_size", "intermediate_size") if getattr(config, key, None) is None]
@@ -51,11 +104,21 @@ class ModelShape:
                 f"model type {kind!r} has no {', '.join(missing)} in its config; relspec supports Llama-style "
                 "models (an MLP with gate_proj, up_proj and down_proj: Llama, Mistral, Qwen2, Gemma …)"
             )
+        heads = getattr(config, "num_attention_heads", None)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or (int(config.hidden_size) // int(heads) if heads else None)
+        sites = tuple(sites)
+        if any(s in ATTENTION_SITES for s in sites) and not heads:
+            raise UnsupportedModelError(f"model type {kind!r} has no num_attention_heads in its config: no attention sites to score")
         return cls(
             num_layers=int(config.num_hidden_layers),
             hidden_size=int(config.hidden_size),
             intermediate_size=int(config.intermediate_size),
             model_type=kind,
+            num_attention_heads=int(heads) if heads else None,
+            num_key_value_heads=int(kv_heads) if kv_heads else None,
+            head_dim=int(head_dim) if head_dim else None,
+            sites=sites,
         )
 
     @classmethod
@@ -63,65 +126,117 @@ class ModelShape:
         """The shape recorded in a file's ``model`` metadata block; ``where`` names the file in errors."""
         if not isinstance(block, Mapping):
             raise NeuronSetError(f"{where}: metadata 'model' must be an object with {', '.join(SHAPE_KEYS)}, got {type(block).__name__}")
-        values = {}
+        values: dict[str, Any] = {}
         for key in SHAPE_KEYS:
             value = block.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _positive(value):
                 raise NeuronSetError(f"{where}: metadata model.{key} must be a positive integer, got {value!r}")
             values[key] = value
-        return cls(**values, model_type=str(block.get("model_type") or "unknown"))
+        sites = block.get("sites", list(DEFAULT_SITES))
+        if not isinstance(sites, list) or not sites or any(s not in SITES for s in sites) or len(set(sites)) != len(sites):
+            raise NeuronSetError(f"{where}: metadata model.sites must be a list of distinct names out of {', '.join(SITES)}, got {sites!r}")
+        for key in ATTENTION_KEYS:
+            value = block.get(key)
+            if value is None and any(s in ATTENTION_SITES for s in sites):
+                raise NeuronSetError(f"{where}: metadata model.{key} is needed for the attention sites {sites}")
+            if value is not None and not _positive(value):
+                raise NeuronSetError(f"{where}: metadata model.{key} must be a positive integer, got {value!r}")
+            values[key] = value
+        return cls(**values, model_type=str(block.get("model_type") or "unknown"), sites=tuple(sites))
+
+    def with_sites(self, sites: Iterable[str]) -> ModelShape:
+        """The same model with the flat order over other sites."""
+        return ModelShape(self.num_layers, self.hidden_size, self.intermediate_size, self.model_type,
+                          self.num_attention_heads, self.num_key_value_heads, self.head_dim, tuple(sites))
+
+    # ---- equality ----------------------------------------------------------------------
+    def _key(self) -> tuple:
+        attention = tuple(getattr(self, k) for k in ATTENTION_KEYS) if self.has_attention_sites else ()
+        return (self.num_layers, self.hidden_size, self.intermediate_size, self.sites, attention)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModelShape) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     # ---- widths and the flat order ------------------------------------------------------
+    @property
+    def has_attention_sites(self) -> bool:
+        return any(s in ATTENTION_SITES for s in self.sites)
+
+    @property
+    def has_attention_widths(self) -> bool:
+        return all(getattr(self, k) is not None for k in ATTENTION_KEYS)
+
     def width(self, site: str) -> int:
-        """Number of neurons at one site of one layer."""
-        return self.hidden_size if site == "down_proj" else self.intermediate_size
+        """Number of neurons at one site of one layer (any site, whether or not in ``sites``)."""
+        if site in ("down_proj", "o_proj"):
+            return self.hidden_size
+        if site in ("gate_proj", "up_proj"):
+            return self.intermediate_size
+        if site not in ATTENTION_SITES:
+            raise NeuronSetError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
+        if not self.has_attention_widths:
+            raise NeuronSetError(f"{site}: this model shape records no attention widths ({', '.join(ATTENTION_KEYS)})")
+        heads = self.num_attention_heads if site == "q_proj" else self.num_key_value_heads
+        return int(heads) * int(self.head_dim)  # type: ignore[arg-type]
 
     @property
     def per_layer(self) -> int:
-        return 2 * self.intermediate_size + self.hidden_size
+        return sum(self.width(s) for s in self.sites)
 
     @property
     def total(self) -> int:
         return self.num_layers * self.per_layer
 
     def offset(self, layer: int, site: str) -> int:
-        return layer * self.per_layer + SITES.index(site) * self.intermediate_size
+        if site not in self.sites:
+            raise NeuronSetError(f"site {site!r} is not in this flat order (sites {', '.join(self.sites)})")
+        before = self.sites[: self.sites.index(site)]
+        return layer * self.per_layer + sum(self.width(s) for s in before)
 
-    def sites(self) -> list[tuple[int, str, int, int]]:
-        """(layer, site, flat offset, width) for every site, in flat order."""
-        return [(layer, site, self.offset(layer, site), self.width(site)) for layer in range(self.num_layers) for site in SITES]
+    def blocks(self) -> list[tuple[int, str, int, int]]:
+        """(layer, site, flat offset, width) of every (layer, site) block of the flat order, in order."""
+        return [(layer, site, self.offset(layer, site), self.width(site)) for layer in range(self.num_layers) for site in self.sites]
 
     def split(self, flat: torch.Tensor) -> dict[Site, torch.Tensor]:
         """A flat per-neuron vector → one tensor per (layer, site)."""
         if flat.shape[-1] != self.total:
             raise NeuronSetError(f"expected {self.total} neurons, got {flat.shape[-1]}")
-        return {(layer, site): flat[..., off : off + width] for layer, site, off, width in self.sites()}
+        return {(layer, site): flat[..., off : off + width] for layer, site, off, width in self.blocks()}
 
     def join(self, parts: Mapping[Site, torch.Tensor]) -> torch.Tensor:
         """Inverse of ``split``."""
-        missing = [(layer, site) for layer, site, _, _ in self.sites() if (layer, site) not in parts]
+        missing = [(layer, site) for layer, site, _, _ in self.blocks() if (layer, site) not in parts]
         if missing:
             raise NeuronSetError(f"missing per-site tensors for {missing[:3]}{' …' if len(missing) > 3 else ''}")
-        extra = sorted(set(parts) - {(layer, site) for layer, site, _, _ in self.sites()})
+        extra = sorted(set(parts) - {(layer, site) for layer, site, _, _ in self.blocks()})
         if extra:
             raise NeuronSetError(f"per-site tensors outside the model shape: {extra[:3]}")
-        for layer, site, _, width in self.sites():
+        for layer, site, _, width in self.blocks():
             if parts[(layer, site)].shape[-1] != width:
                 raise NeuronSetError(f"layer {layer} {site}: {parts[(layer, site)].shape[-1]} values for width {width}")
-        return torch.cat([parts[(layer, site)] for layer, site, _, _ in self.sites()], dim=-1)
+        return torch.cat([parts[(layer, site)] for layer, site, _, _ in self.blocks()], dim=-1)
 
     def group(self, flat_index: torch.Tensor) -> dict[Site, torch.Tensor]:
         """Flat indices → channel indices per (layer, site) (positions into ``flat_index`` kept in order)."""
         flat_index = flat_index.to(torch.int64).cpu()
         out: dict[Site, torch.Tensor] = {}
-        for layer, site, off, width in self.sites():
+        for layer, site, off, width in self.blocks():
             hit = (flat_index >= off) & (flat_index < off + width)
             if bool(hit.any()):
                 out[(layer, site)] = flat_index[hit] - off
         return out
 
-    def metadata(self) -> dict[str, int]:
-        return {key: getattr(self, key) for key in SHAPE_KEYS}
+    def metadata(self) -> dict[str, Any]:
+        """The recorded shape: ``SHAPE_KEYS``, plus ``sites`` when not the default and the attention widths when needed."""
+        block: dict[str, Any] = {key: getattr(self, key) for key in SHAPE_KEYS}
+        if self.sites != DEFAULT_SITES:
+            block["sites"] = list(self.sites)
+        if self.has_attention_sites:
+            block.update({key: getattr(self, key) for key in ATTENTION_KEYS})
+        return block
 
 
 def config_fingerprint(config: Any) -> str:
@@ -134,9 +249,11 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_metadata(config: Any, name: str, revision: str | None = None, gguf_file: str | None = None) -> dict[str, Any]:
-    """The ``model`` block of a set's metadata for a transformers config."""
-    shape = ModelShape.from_config(config)
+def model_metadata(
+    config: Any, name: str, revision: str | None = None, gguf_file: str | None = None, sites: Iterable[str] = DEFAULT_SITES
+) -> dict[str, Any]:
+    """The ``model`` block of a set's metadata for a transformers config (``sites``: those of the flat order)."""
+    shape = ModelShape.from_config(config, sites)
     return {
         "name": name,
         "revision": revision,
