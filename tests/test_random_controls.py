@@ -20,6 +20,7 @@ from relspec_lmeval.identify.controls import random_controls, random_sets
 from relspec_lmeval.identify.draws import holds_plain_draw
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.resolve import resolve_set_path
 from relspec_lmeval.sets.scores import load_scores, save_scores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,3 +161,14 @@ def test_legacy_folders_still_serve_reproduce(sets, tmp_path):
         assert holds_plain_draw(NeuronSet.load(made.random_path(38, seed)), base.recorded_shape(), 38, seed)
     again = prepare(cfg)  # a rerun finds them made from the same inputs
     assert not [c for c in again.to_make if c.kind == "random"]
+
+
+def test_old_shipped_control_names_name_the_shared_files():
+    """``relspec-tiny/k384/random/<relation>-seed<N>`` (README, scripts of users) still resolves."""
+    assert resolve_set_path("relspec-tiny/k384/random/person_plays_instrument-seed3") == SHIPPED / "k384" / "random" / "k384-seed3.safetensors"
+    assert resolve_set_path("relspec-tiny/random/company_hq-seed0") == SHIPPED / "random" / "k38-seed0.safetensors"
+    assert resolve_set_path("relspec-tiny/random/k38-seed9") == SHIPPED / "random" / "k38-seed9.safetensors"
+    for gone in ("relspec-tiny/random/no_such_relation-seed0", "relspec-tiny/random/company_hq-seed10", "relspec-tiny/random/company_hq-layer-seed0"):
+        with pytest.raises(Exception, match="not found"):
+            resolve_set_path(gone)
+    assert not [p for p in SHIPPED.rglob("random/*.safetensors") if not p.name.startswith("k")]  # the migration is complete
