@@ -164,7 +164,7 @@ def test_legacy_folders_still_serve_reproduce(sets, tmp_path):
 
 
 def test_old_shipped_control_names_name_the_shared_files():
-    """``relspec-tiny/k384/random/<relation>-seed<N>`` (README, scripts of users) still resolves."""
+    """``relspec-tiny/k384/random/<relation>-seed<N>`` (what scripts written before the controls were shared name) still resolves."""
     assert resolve_set_path("relspec-tiny/k384/random/person_plays_instrument-seed3") == SHIPPED / "k384" / "random" / "k384-seed3.safetensors"
     assert resolve_set_path("relspec-tiny/random/company_hq-seed0") == SHIPPED / "random" / "k38-seed0.safetensors"
     assert resolve_set_path("relspec-tiny/random/k38-seed9") == SHIPPED / "random" / "k38-seed9.safetensors"
