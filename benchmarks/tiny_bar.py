@@ -36,6 +36,7 @@ from relspec_lmeval.data.relations import RELATIONS, build_docs  # noqa: E402
 from relspec_lmeval.experiments.study import relative_drop as drop  # noqa: E402
 from relspec_lmeval.identify.controls import random_sets, select_sets  # noqa: E402
 from relspec_lmeval.lm.ablation import ablated  # noqa: E402
+from relspec_lmeval.sets.folder import SetsFolder  # noqa: E402
 from relspec_lmeval.sets.neuron_set import NeuronSet  # noqa: E402
 
 WORLD = ROOT / "models" / "relspec-tiny" / "world"
@@ -49,7 +50,8 @@ def mean(values) -> float:
 
 def measure(model, folder: Path, accuracy, base: dict[str, float], seeds: int) -> dict:
     """Each relation's set (``folder/<relation>.safetensors``) and its random controls
-    (``folder/random/<relation>-seed<N>.safetensors``): accuracies and drops."""
+    (``folder/random/k<K>-seed<N>.safetensors``, shared by the sets of k neurons; a legacy
+    ``<relation>-seed<N>`` file is found too): accuracies and drops."""
     sets = {r: NeuronSet.load(folder / f"{r}.safetensors") for r in RELATIONS}
     matrix: dict[str, dict[str, float]] = {}  # deactivated relation → accuracy of every relation
     for r, neuron_set in sets.items():
@@ -59,7 +61,10 @@ def measure(model, folder: Path, accuracy, base: dict[str, float], seeds: int) -
     for r in RELATIONS:
         random_acc[r] = []
         for seed in range(seeds):
-            with ablated(model, NeuronSet.load(folder / "random" / f"{r}-seed{seed}.safetensors")):
+            control = SetsFolder(folder).find_random(r, len(sets[r]), seed)
+            if control is None:
+                raise SystemExit(f"{folder}: no random control {seed} for {r} (relspec random --like {folder}/*.safetensors)")
+            with ablated(model, NeuronSet.load(control)):
                 random_acc[r].append(accuracy([r])[r])
     own = {r: drop(base[r], matrix[r][r]) for r in RELATIONS}
     others = {r: mean(drop(base[q], matrix[r][q]) for q in RELATIONS if q != r) for r in RELATIONS}

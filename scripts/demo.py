@@ -20,7 +20,7 @@ SET = f"relspec-tiny/k384/{RELATION}"
 RUNS = {
     "original": "",
     f"{RELATION} set": f",neuron_set={SET}",
-    "random control": f",neuron_set=relspec-tiny/k384/random/{RELATION}-seed0",
+    "random control": ",neuron_set=relspec-tiny/k384/random/k384-seed0",  # the control every k384 set shares
 }
 
 

@@ -52,6 +52,8 @@ def _files(tmp: Path) -> dict[str, Path]:
         "far": NeuronSet({(9, "up_proj"): [0]}, {"model": tiny}).save(tmp / "far.safetensors"),
         "nan_means": NeuronSet({(0, "gate_proj"): [1]}, {"model": tiny}, means={(0, "gate_proj"): [float("nan")]}).save(tmp / "nan.safetensors"),
     }
+    # a shared random control of "good" (k=2, seed 0) that holds other neurons than that draw
+    NeuronSet({(5, "down_proj"): [7, 8]}, {"model": tiny, "method": "random"}).save(tmp / "random" / "k2-seed0.safetensors")
     garbage = tmp / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
     files["garbage"] = garbage
@@ -105,6 +107,7 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`export --dtype fp8`", ["export", "--model", tiny, "--neuron-set", str(f["good"]), "--out", str(f["user_folder"].parent / "o"), "--dtype", "fp8"]),
         ("a set with no neurons (`export`)", ["export", "--model", tiny, "--neuron-set", str(f["empty"]), "--out", str(f["user_folder"].parent / "o")]),
         ("`random --like` a set whose layer is out of range", ["random", "--like", str(f["far"]), "--seeds", "2", "--layer-matched"]),
+        ("`random` where the shared `random/k<K>-seed<N>` holds other neurons", ["random", "--like", str(f["good"]), "--seeds", "1"]),
         ("`random --out` inside the shipped files", ["random", "--like", "relspec-tiny/person_father", "--seeds", "1", "--out", str(shipped / "relspec-tiny" / "x")]),
         ("`select --k` larger than the model", ["select", "--k", "999999", str(shipped / "relspec-tiny" / "scores" / "person_father.safetensors")]),
         ("`convert lape` of a pickle that asks for a Python object", ["convert", "lape", str(f["object_pth"]), "--model", tiny, "--out", str(f["user_folder"].parent / "c")]),

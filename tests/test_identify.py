@@ -350,7 +350,7 @@ def test_cli_identify_random_select(tiny_llama_dir, data_dir, tmp_path, capsys):
     assert all(c.count_per_layer() == s.count_per_layer() and c.has_means for c in controls)
     assert controls[0].keys() != controls[1].keys() and controls[0].metadata["seed"] == 0
     assert cli_main(["random", "--like", str(out / "landmark_country.safetensors"), "--seeds", "1", "--out", str(tmp_path / "r")]) == 0
-    plain = NeuronSet.load(tmp_path / "r" / "random" / "landmark_country-seed0.safetensors")
+    plain = NeuronSet.load(tmp_path / "r" / "random" / "k12-seed0.safetensors")
     assert len(plain) == 12 and plain.metadata["method"] == "random"
     again = [random_sets([str(out / "landmark_country.safetensors")], [0], out=tmp_path / n, command="c")[0] for n in ("r2", "r3")]
     assert again[0].read_bytes() == again[1].read_bytes()  # deterministic files

@@ -165,7 +165,7 @@ def test_short_names_resolve_to_shipped_files(tmp_path, monkeypatch):
 
     (tmp_path / "models" / "relspec-tiny").mkdir(parents=True)
     make_set().save(tmp_path / "neuron_sets" / "relspec-tiny" / "person_father.safetensors")
-    make_set().save(tmp_path / "neuron_sets" / "relspec-tiny" / "random" / "person_father-seed0.safetensors")
+    make_set().save(tmp_path / "neuron_sets" / "relspec-tiny" / "random" / "k2-seed0.safetensors")
     monkeypatch.setattr(_resources, "resource_dir", lambda name: tmp_path / name)
     assert resolve_pretrained("relspec-tiny") == str(tmp_path / "models" / "relspec-tiny")
     assert resolve_pretrained("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"

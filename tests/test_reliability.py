@@ -248,8 +248,8 @@ def test_random_of_a_shipped_set_writes_to_the_working_directory(shipped, tmp_pa
     assert main(["random", "--like", "relspec-tiny/k384/person_father", "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
     assert "working directory" in printed and str(tmp_path.resolve() / "random") in printed
-    assert sorted(p.name for p in (tmp_path / "random").iterdir()) == ["person_father-seed0.safetensors", "person_father-seed1.safetensors"]
-    assert len(NeuronSet.load(tmp_path / "random" / "person_father-seed1.safetensors")) == 384
+    assert sorted(p.name for p in (tmp_path / "random").iterdir()) == ["k384-seed0.safetensors", "k384-seed1.safetensors"]
+    assert len(NeuronSet.load(tmp_path / "random" / "k384-seed1.safetensors")) == 384
     assert listing(shipped) == before
 
 
@@ -580,7 +580,7 @@ def test_outputs_honour_the_umask(umask, mode, tiny_llama_dir, data_dir, tmp_pat
         assert main(["random", "--like", str(out / "company_hq.safetensors"), "--seeds", "1"]) == 0
     finally:
         os.umask(old)
-    written += [out / "company_hq.safetensors", out / "scores" / "company_hq.safetensors", out / "summary.json", out / "random" / "company_hq-seed0.safetensors"]
+    written += [out / "company_hq.safetensors", out / "scores" / "company_hq.safetensors", out / "summary.json", out / "random" / "k5-seed0.safetensors"]
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {str(p): oct(mode) for p in written}
 
 

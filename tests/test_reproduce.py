@@ -120,9 +120,15 @@ def _csv(study, name: str) -> list[dict]:
 def test_plan(study):
     plan = _plan(study)
     kinds = [r["conditions"][0].split("-")[0] for r in plan]
-    # P^det has its own limit, so every condition evaluated on it has two runs
-    assert kinds.count("baseline") == 2 and kinds.count("own") == 4 and kinds.count("random") == 8
-    assert kinds.count("topk") == 4 and kinds.count("ranks") == 2 and len(plan) == 20
+    # P^det has its own limit, so every condition evaluated on it has two runs; both sets have
+    # k = 25, so their random controls are one file per seed and share its runs
+    assert kinds.count("baseline") == 2 and kinds.count("own") == 4 and kinds.count("random") == 4
+    assert kinds.count("topk") == 4 and kinds.count("ranks") == 2 and len(plan) == 16
+    shared = [r for r in plan if r["conditions"][0].startswith("random")]
+    assert all(r["conditions"] == [f"random-{rel}-seed{r['conditions'][0][-1]}" for rel in RELATIONS.split(",")] for r in shared)
+    assert sorted({Path(r["sets"][0]).name for r in shared}) == ["k25-seed0.safetensors", "k25-seed1.safetensors"]
+    eva = next(r for r in shared if r["limit"] == 3)
+    assert sorted(eva["tasks"]) == sorted(f"relation_{g}_{rel}" for g in ("recall", "choice") for rel in RELATIONS.split(","))
     own = [r for r in plan if r["conditions"] == ["own-person_father"]]
     eva_part = next(r for r in own if r["limit"] == 3)
     langs = [f"relation_recall_{lang}_person_father" for lang in SUITE.languages]
@@ -139,7 +145,7 @@ def test_plan(study):
 
 
 def test_rerun_does_no_evaluations(study):
-    assert study["first"] == {"evaluate": 20, "load": 1}
+    assert study["first"] == {"evaluate": 16, "load": 1}
     assert study["second"] == {"evaluate": 0, "load": 0}
     report = (study["out"] / "report.md").read_text()
     assert "this invocation found every run stored and ran none" in report
@@ -161,7 +167,7 @@ def test_topk_equal_to_the_set_shares_its_run(study):
     assert inp.derived[Condition("topk", "person_father", k=25)] == inp.main["person_father"]
     assert inp.ks == [25] and not any(c.kind == "ranks" for c in inp.derived)
     plan = rp.build_plan(inp)
-    assert len(plan) == 1 + 2 + 2  # baseline, own (also top-25), one seed per relation
+    assert len(plan) == 1 + 2 + 1  # baseline, own (also top-25), one seed shared by both relations
     own = next(r for r in plan if r.conditions[0] == Condition("own", "person_father"))
     assert own.conditions == (Condition("own", "person_father"), Condition("topk", "person_father", k=25))
     assert "relation_recall_det_person_father" in own.tasks and own.limit == 3
@@ -257,7 +263,7 @@ def test_report_and_figures(study):
     links = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert len(links) == 7 and all((study["out"] / link).is_file() for link in links)
     assert {p.name for p in (study["out"] / "figures").glob("*.png")} == {Path(link).name for link in links}
-    assert "Run time of the whole plan" in report and "20 lm-eval runs" in report
+    assert "Run time of the whole plan" in report and "16 lm-eval runs" in report
     for heading in ("Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Table 3", "Table 2", "Fig. 7", "Fig. 8"):
         assert f"## {heading}" in report
 

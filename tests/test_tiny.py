@@ -120,6 +120,7 @@ def test_shipped_sets_fit_the_model_and_say_where_they_come_from():
     from transformers import AutoConfig
 
     from relspec_lmeval import __version__
+    from relspec_lmeval.sets.folder import SetsFolder
     from relspec_lmeval.sets.neuron_set import NeuronSet
     from relspec_lmeval.sets.shape import ModelShape
 
@@ -132,10 +133,11 @@ def test_shipped_sets_fit_the_model_and_say_where_they_come_from():
         assert meta["relation"] == relation and meta["method"] and meta["model"]["name"] == "relspec-tiny"
         assert meta["package_version"] == __version__ and meta["data"]
         sizes.add(len(neuron_set))
-        for seed in range(10):
-            control = NeuronSet.load(SETS / "random" / f"{relation}-seed{seed}.safetensors")
+        for seed in range(10):  # one shared file per (k, seed), listing every relation it serves
+            control = NeuronSet.load(SetsFolder(SETS).random_path(len(neuron_set), seed))
             control.validate(shape)
             assert len(control) == len(neuron_set) and control.metadata["method"] == "random"
+            assert relation in {entry["relation"] for entry in control.metadata["like"]} and control.has_means
     assert len(sizes) == 1 and sizes.pop() <= shape.total // 100  # 1% or fewer
 
 
@@ -233,7 +235,7 @@ def test_relspec_tiny_end_to_end_through_lm_eval():
     relation = "person_plays_instrument"
     task = f"relation_recall_synthetic_{relation}"
     acc = {}
-    runs = (("original", ""), ("own", f",neuron_set=relspec-tiny/k384/{relation}"), ("random", f",neuron_set={SETS}/k384/random/{relation}-seed0.safetensors"))
+    runs = (("original", ""), ("own", f",neuron_set=relspec-tiny/k384/{relation}"), ("random", f",neuron_set={SETS}/k384/random/k384-seed0.safetensors"))
     for name, extra in runs:
         out = simple_evaluate(model="relspec-hf", model_args=f"pretrained=relspec-tiny{extra}", tasks=[task], device="cpu", batch_size=50)
         acc[name] = out["results"][task]["acc,none"]

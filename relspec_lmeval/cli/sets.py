@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from relspec_lmeval.cli.common import command_line
-from relspec_lmeval.identify.controls import random_sets, select_sets
+from relspec_lmeval.identify.controls import random_controls, select_sets
 from relspec_lmeval.identify.dampen import dampen_sets
 from relspec_lmeval.modelio.dtype import DTYPES
 from relspec_lmeval.sets.neuron_set import NeuronSet
@@ -29,6 +29,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  sha256     {summary['sha256']}")
         print(f"  neurons    {summary['count']}  ({', '.join(f'{k} {v}' for k, v in summary['count_per_site'].items())})")
         print(f"  relation   {meta.get('relation', '-')}   method {meta.get('method', '-')}   k {meta.get('k', '-')}")
+        if isinstance(meta.get("like"), list):  # a shared random control: the sets it was written for
+            print(f"  control of {', '.join(str(e.get('relation')) for e in meta['like'] if isinstance(e, dict))}")
         print(
             f"  model      {model.get('name', '-')} ({model.get('model_type', '?')}, {model.get('num_layers', '?')} layers, "
             f"hidden {model.get('hidden_size', '?')}, ffn {model.get('intermediate_size', '?')}, config {model.get('config_hash', '?')})"
@@ -56,11 +58,14 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_random(args: argparse.Namespace) -> None:
-    paths = random_sets(
-        args.like, args.seeds, layer_matched=args.layer_matched, out=args.out, model=args.model, command=command_line(args)
+    written = random_controls(
+        args.like, args.seeds, layer_matched=args.layer_matched, out=args.out, model=args.model, command=command_line(args),
+        force=args.force,
     )
-    folders = sorted({str(p.parent) for p in paths})
-    print(f"wrote {len(paths)} random control set(s) to {', '.join(folders)}{_why_here(args.out, args.like)}")
+    folders = sorted({str(p.parent) for p in written})
+    kept = sum(1 for now in written.values() if not now)
+    there = f"; {kept} already there with the same neurons, kept as they were" if kept else ""
+    print(f"wrote {len(written) - kept} random control set(s) to {', '.join(folders)}{there}{_why_here(args.out, args.like)}")
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
@@ -111,6 +116,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..N-1 (default 10)")
     r.add_argument("--layer-matched", action="store_true", help="same count per layer and site as the set")
     r.add_argument("--out", default=None, help="folder (files go to <out>/random/; default: the set's folder, or the working directory for a shipped set)")
+    r.add_argument("--force", action="store_true", help="replace a shared random/k<K>-seed<N> file that holds something else")
     r.add_argument("--model", default=None, help="model, when the set records no shape (also checks the shape)")
     r.set_defaults(func=_cmd_random)
 

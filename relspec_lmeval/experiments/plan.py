@@ -5,7 +5,8 @@
 1. Check everything (suite, relations, sets and their shapes, the data) before anything is
    written: a failure is one ``relspec: error:`` line and an untouched ``OUT``.
 2. Make the sets ``DIR`` lacks from what it has: random controls like each relation's set
-   (``identify.controls.random_sets``), top-k and rank-range cuts from ``DIR/scores/``
+   (``identify.controls.random_sets``; one ``random/k<K>-seed<N>`` file for every relation
+   with k neurons, so their random runs are shared too), top-k and rank-range cuts from ``DIR/scores/``
    (``identify.controls.select_sets``). They go to ``OUT/sets/``; ``DIR`` is never written.
 3. The plan: lm-eval runs, each (neuron sets or none, tasks, limit), each stored as
    ``OUT/runs/<run-id>.json``; a run whose file exists is skipped, so a rerun resumes. One
@@ -32,6 +33,7 @@ from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
 from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
 from relspec_lmeval.experiments.study import Condition
 from relspec_lmeval.identify.controls import random_sets, select_sets
+from relspec_lmeval.identify.draws import holds_plain_draw
 from relspec_lmeval.identify.pool import parse_relations
 from relspec_lmeval.modelio.load import load_config
 from relspec_lmeval.sets.folder import SetsFolder
@@ -191,12 +193,18 @@ def _derived_sets(
         return sources[path]
 
     def made_from_inputs(path: Path, cond: Condition) -> bool:
-        """A set an earlier run made from the same set or scores file (else it is made again)."""
+        """A set an earlier run made from the same inputs (else it is made again): a random
+        control holds the draw of (model shape, k, seed), which is all it depends on (runs
+        use mode=zero, so its means do not matter); a cut names the same scores file."""
         if not path.is_file():
             return False
-        meta = NeuronSet.load(path).metadata
+        try:
+            made = NeuronSet.load(path)
+        except NeuronSetError:
+            return False  # unreadable: made again
         if cond.kind == "random":
-            return (meta.get("like") or {}).get("sha256") == source_sha(main[cond.relation])
+            return holds_plain_draw(made, shape, len(loaded[cond.relation]), int(cond.seed or 0))
+        meta = made.metadata
         scores = source_sha(SetsFolder(sets_dir).scores_path(cond.relation))
         return scores is None or (meta.get("scores_file") or {}).get("sha256") == scores
 
@@ -213,8 +221,13 @@ def _derived_sets(
 
     given, ours = SetsFolder(sets_dir), SetsFolder(made)
     for r in relations:
+        k_own = len(loaded[r])  # every relation whose set has k_own neurons shares these controls (and their runs)
         for s in seeds:
-            locate(Condition("random", r, seed=s), given.random_path(r, s), ours.random_path(r, s), like=loaded[r])
+            cond = Condition("random", r, seed=s)
+            found = given.find_random(r, k_own, s)  # also a folder's legacy per-relation file
+            earlier = ours.find_random(r, k_own, s)  # an OUT/sets of an earlier version: its runs stay valid
+            mine = earlier if earlier is not None and made_from_inputs(earlier, cond) else ours.random_path(k_own, s)
+            locate(cond, found or given.random_path(k_own, s), mine, like=loaded[r])
         for k in ks:
             cond = Condition("topk", r, k=k)
             if _is_topk(loaded[r]) and len(loaded[r]) == k:
@@ -289,10 +302,14 @@ def make_sets(inp: Inputs) -> None:
     """Write the derived sets that are missing, under ``OUT/sets``, from the input folder's sets and scores."""
     command = "relspec reproduce"
     made = SetsFolder(inp.out / "sets")
+    by_seeds: dict[tuple[int, ...], list[str]] = {}  # one call per seed list: each shared (k, seed) file is written once
     for r in inp.relations:
-        seeds = [c.seed for c in inp.to_make if c.kind == "random" and c.relation == r]
+        seeds = tuple(c.seed for c in inp.to_make if c.kind == "random" and c.relation == r)
         if seeds:
-            random_sets([str(inp.main[r])], seeds, out=made.root, command=command)
+            by_seeds.setdefault(seeds, []).append(str(inp.main[r]))
+    for seeds, like in by_seeds.items():
+        # OUT/sets is reproduce's own: a control there that does not hold its draw is made again
+        random_sets(like, list(seeds), out=made.root, command=command, force=True)
     for c in inp.to_make:
         scores = [SetsFolder(inp.sets_dir).scores_path(c.relation)]
         if c.kind == "topk":

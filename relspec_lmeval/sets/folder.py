@@ -5,17 +5,23 @@ A sets folder is what ``relspec identify --out`` writes and ``relspec reproduce
 
     <root>/<relation>.safetensors              the relation's set (top k)
     <root>/scores/<relation>.safetensors       every neuron's score and mean
-    <root>/random/<relation>-seed<N>.safetensors   random controls like the set
-    <root>/random/<relation>-layer-seed<N>.safetensors   the same, drawn per (layer, site)
+    <root>/random/k<K>-seed<N>.safetensors     a random control of K neurons, shared by every
+                                               relation whose set has K (the draw depends only
+                                               on the model shape, K and the seed)
+    <root>/random/<relation>-layer-seed<N>.safetensors   drawn per (layer, site) like the relation's set
     <root>/k<N>[-both][-skip<S>]/<relation>.safetensors   re-cuts by ``relspec select``
     <dir>/dampen[-a<A>][-t<T>]/<name>.safetensors   a set of <dir> with AurA's factors (``relspec dampen``)
     <root>/dampen-all[-a<A>][-t<T>]/<relation>.safetensors   every neuron above the threshold, from scores/
     <root>/summary.json                        what identify did, per relation
+
+Folders written before the shared controls hold ``random/<relation>-seed<N>.safetensors``
+(the same neurons as ``k<K>-seed<N>``, one copy per relation); ``find_random`` still finds them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +32,7 @@ __all__ = ["SCORES_DIR", "SUMMARY_FILE", "SetsFolder", "cut_name", "dampen_name"
 SCORES_DIR = "scores"
 RANDOM_DIR = "random"
 SUMMARY_FILE = "summary.json"
+_LEGACY_RANDOM = re.compile(r"(?P<relation>.+)-seed(?P<seed>\d+)")
 
 
 def cut_name(k: int, select: str = "top", skip: int = 0) -> str:
@@ -58,9 +65,36 @@ class SetsFolder:
     def scores_path(self, relation: str) -> Path:
         return self.root / SCORES_DIR / f"{relation}{SUFFIX}"
 
-    def random_path(self, relation: str, seed: int, layer_matched: bool = False) -> Path:
-        kind = "-layer" if layer_matched else ""  # both kinds of control can live side by side
-        return self.root / RANDOM_DIR / f"{relation}{kind}-seed{seed}{SUFFIX}"
+    def random_path(self, k: int, seed: int) -> Path:
+        """The plain random control of ``k`` neurons, one file for every relation whose set has ``k``."""
+        return self.root / RANDOM_DIR / f"k{int(k)}-seed{int(seed)}{SUFFIX}"
+
+    def layer_random_path(self, relation: str, seed: int) -> Path:
+        """The control drawn per (layer, site) like ``relation``'s set: its own file, as its counts are its own."""
+        return self.root / RANDOM_DIR / f"{relation}-layer-seed{int(seed)}{SUFFIX}"
+
+    def legacy_random_path(self, relation: str, seed: int) -> Path:
+        """Where folders written before the shared controls keep ``relation``'s plain control."""
+        return self.root / RANDOM_DIR / f"{relation}-seed{int(seed)}{SUFFIX}"
+
+    def find_random(self, relation: str, k: int, seed: int) -> Path | None:
+        """The plain control of ``relation``'s set (``k`` neurons) here: the shared file, else a
+        legacy per-relation one, else None."""
+        for path in (self.random_path(k, seed), self.legacy_random_path(relation, seed)):
+            if path.is_file():
+                return path
+        return None
+
+    @staticmethod
+    def legacy_random_name(path: str | os.PathLike) -> tuple[SetsFolder, str, int] | None:
+        """``<root>/random/<relation>-seed<N>[.safetensors]`` → (folder, relation, seed); None for any
+        other name (layer-matched controls keep their per-relation names)."""
+        path = Path(path)
+        name = path.name.removesuffix(SUFFIX)
+        found = _LEGACY_RANDOM.fullmatch(name)
+        if path.parent.name != RANDOM_DIR or found is None or found["relation"].endswith("-layer"):
+            return None
+        return SetsFolder(path.parent.parent), found["relation"], int(found["seed"])
 
     def cut(self, k: int, select: str = "top", skip: int = 0) -> SetsFolder:
         """The sub-folder holding the sets re-cut at ``k`` (itself laid out like a sets folder)."""

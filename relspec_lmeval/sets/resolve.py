@@ -2,6 +2,8 @@
 
 A value is a path, or a short name of a shipped set (``relspec-tiny/person_father``), or
 several of them joined with ``+`` (their union). Empty values are errors, never "no set".
+A shipped random control's name from before the controls were shared
+(``relspec-tiny/k384/random/<relation>-seed<N>``) still names its ``k<K>-seed<N>`` file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.sets.fileformat import SUFFIX
+from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.resources import list_shipped_neuron_sets, shipped_neuron_set
@@ -26,7 +30,7 @@ def resolve_set_path(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    shipped = shipped_neuron_set(name)
+    shipped = shipped_neuron_set(name) or _renamed_shipped_control(name)
     if shipped is not None:
         return shipped
     if ".." in Path(name).parts:
@@ -34,6 +38,20 @@ def resolve_set_path(name: str) -> Path:
     known = list_shipped_neuron_sets()
     hint = did_you_mean(name, known, n=3, cutoff=0.6) or (f" Shipped sets: {known_list(known, 6)}." if known else "")
     raise NeuronSetError(f"neuron-set file not found: {name!r} (neither a file nor a shipped set name).{hint}")
+
+
+def _renamed_shipped_control(name: str) -> Path | None:
+    """``<folder>/random/<relation>-seed<N>``, a shipped plain control's old name → the shared
+    ``<folder>/random/k<K>-seed<N>`` file (K: the size of the relation's shipped set), if it ships."""
+    legacy = None if name.endswith(SUFFIX) or ".." in Path(name).parts else SetsFolder.legacy_random_name(name)
+    if legacy is None:
+        return None
+    folder, relation, seed = legacy
+    base = shipped_neuron_set(str(folder.root / relation))
+    if base is None:
+        return None
+    shared = SetsFolder(base.parent).random_path(len(NeuronSet.load(base)), seed)
+    return shared if shared.is_file() else None
 
 
 def load_sets(spec: Any) -> list[NeuronSet]:
