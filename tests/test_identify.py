@@ -169,6 +169,12 @@ def test_sites_pipeline_matches_slow_reference(gqa_llama_dir, data_dir, tmp_path
     got.validate(ModelShape.from_config(AutoConfig.from_pretrained(gqa_llama_dir)))
     recut = NeuronSet.load(select_sets([tmp_path / "scores" / "person_mother.safetensors"], 25, out=tmp_path / "cut")[0])
     assert recut.keys() == got.keys()  # the scores file alone gives the same cut
+    # random controls are drawn from the run's sites, with or without the model at hand
+    for model in (None, str(gqa_llama_dir)):
+        path = random_sets([str(tmp_path / "person_mother.safetensors")], [0], out=tmp_path / f"r{model is None}", model=model)[0]
+        control = NeuronSet.load(path)
+        assert len(control) == 25 and {site for _, site in control.neurons} <= set(sites)
+        assert control.recorded_shape() == scores.layout
 
 
 # ---------------------------------------------------------------------------- files and metadata

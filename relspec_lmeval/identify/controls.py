@@ -25,7 +25,7 @@ from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path
 from relspec_lmeval.sets.scores import Scores, load_scores
-from relspec_lmeval.sets.shape import ModelShape, Site, model_metadata
+from relspec_lmeval.sets.shape import DEFAULT_SITES, SITES, ModelShape, Site, model_metadata, parse_sites
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 from relspec_lmeval.util.resources import is_read_only, refuse_shipped
@@ -45,9 +45,13 @@ def default_folder(beside: Path, out: str | os.PathLike | None) -> tuple[SetsFol
 
 def _shape_of(neuron_set: NeuronSet, model: str | None, revision: str | None) -> tuple[ModelShape, dict[str, Any]]:
     """The shape to draw from (the model's, else the recorded one) after validating the set against it."""
-    if model is not None:
+    if model is not None:  # over the sites the set was identified at (its recorded ones, else the FFN's and its own)
+        recorded = (neuron_set.metadata.get("model") or {}).get("sites")
+        present = {site for _, site in neuron_set.neurons}
+        sites = parse_sites(recorded, "the set's model.sites") if recorded else tuple(
+            s for s in SITES if s in DEFAULT_SITES or s in present)
         config = load_config(model, revision)
-        shape, block = ModelShape.from_config(config), model_metadata(config, model, revision)
+        shape, block = ModelShape.from_config(config, sites), model_metadata(config, model, revision, sites=sites)
     else:
         try:
             shape = neuron_set.recorded_shape()
