@@ -207,6 +207,19 @@ def test_export_writes_the_edited_attention_rows(tmp_path):
     assert json.loads((target / "relspec_export.json").read_text())["sets"][0]["count"] == 9
 
 
+def test_export_refuses_a_biased_site_before_the_weights_load(tmp_path, monkeypatch):
+    build_tiny_llama(tmp_path / "m", attention_bias=True)
+    path = NeuronSet({(0, "v_proj"): [1]}).save(tmp_path / "v.safetensors")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the check")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_load)
+    with pytest.raises(NeuronSetError, match="layer 0 v_proj has a bias"):
+        export_checkpoint(ExportConfig(model=str(tmp_path / "m"), neuron_set=str(path), out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_sites_errors_are_one_line_before_the_model_loads(tiny_llama_dir, lre_env, tmp_path, capsys):
     base = ["identify", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"), "--no-filter", "--quiet"]
     for extra, message in [

@@ -74,23 +74,15 @@ def _read(args: argparse.Namespace, shape: Any) -> Converted:
     )
 
 
-def _model_shape(config: Any) -> Any:
-    """The config's ``ModelShape``, after checking on a weightless (meta-device) copy that its MLPs are ours.
+def _model_shape(config: Any, skeleton: Any) -> Any:
+    """The config's ``ModelShape``, after checking on its weightless (meta-device) copy that its MLPs are ours.
 
     ``UnsupportedModelError`` for fused, mixture-of-experts or non-gated MLPs (GPT-2, BLOOM,
     OPT, Phi-2: LAPE ships files for them too), whose neurons have no gate_proj/up_proj/down_proj.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from relspec_lmeval.modelio.sites import find_mlps
     from relspec_lmeval.sets.shape import ModelShape
 
-    try:
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-    except Exception:  # a model transformers cannot build from its config alone: relspec-hf checks it when it loads
-        skeleton = None
     if skeleton is not None:
         find_mlps(skeleton)
     try:
@@ -100,16 +92,20 @@ def _model_shape(config: Any) -> Any:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from relspec_lmeval.modelio.load import load_config
+    from relspec_lmeval.modelio.load import load_config, meta_skeleton
+    from relspec_lmeval.modelio.sites import site_modules
     from relspec_lmeval.sets.shape import model_metadata
 
     refuse_shipped(args.out, "--out")  # before the model and the file are read
     config = load_config(args.model, args.revision, args.gguf_file)
-    shape = _model_shape(config)
+    skeleton = meta_skeleton(config)
+    shape = _model_shape(config, skeleton)
     converted = _read(args, shape)
     sets = to_neuron_sets(
         converted, shape, model_metadata(config, args.model, args.revision, args.gguf_file), command_line(args), args.allow_empty
     )
+    if skeleton is not None:  # every site named exists as a separate module (selfcond rows may name attention projections)
+        site_modules(skeleton, {key for s in sets for key in s.neurons})
     targets = output_paths(args.out, [found.name for found in converted.sets], args.force)
     with StagedFiles() as staged:
         for neuron_set, target in zip(sets, targets):

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval import __version__
-from relspec_lmeval.errors import OutputError
+from relspec_lmeval.errors import NeuronSetError, OutputError
 from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_mode_fits
 from relspec_lmeval.modelio.dtype import parse_dtype
-from relspec_lmeval.modelio.load import load_config, resolve_pretrained
+from relspec_lmeval.modelio.load import load_config, meta_skeleton, resolve_pretrained
+from relspec_lmeval.modelio.sites import site_modules
 from relspec_lmeval.sets.neuron_set import union_all
 from relspec_lmeval.sets.resolve import load_sets
 from relspec_lmeval.sets.shape import ModelShape
@@ -81,6 +82,20 @@ def check_export_target(out: str | os.PathLike, force: bool) -> Path:
     return target
 
 
+def _check_editable(config: Any, neuron_set: Any) -> None:
+    """On the weightless copy: each site the set names exists and has no bias (the edited weight
+    row would leave it, so the channel would not be switched off)."""
+    skeleton = meta_skeleton(config)
+    if skeleton is None:
+        return
+    for (layer, site), module in site_modules(skeleton, neuron_set.neurons).items():
+        if getattr(module, "bias", None) is not None:
+            raise NeuronSetError(
+                f"layer {layer} {site} has a bias, so a checkpoint with its weight rows edited would not switch its "
+                "channels off; ablate it in relspec-hf (a forward hook) instead of exporting"
+            )
+
+
 def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     """Write the ablated checkpoint; returns (folder, neurons). Everything is checked before the weights load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # here: the CLI starts without it
@@ -89,10 +104,12 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     dtype = parse_dtype(cfg.dtype)
     sets = load_sets(cfg.neuron_set)
     target = check_export_target(cfg.out, cfg.force)
-    shape = ModelShape.from_config(load_config(cfg.model, cfg.revision, cfg.gguf_file))
+    config = load_config(cfg.model, cfg.revision, cfg.gguf_file)
+    shape = ModelShape.from_config(config)
     for s in sets:  # before the (slow) weight load
         s.validate(shape, allow_empty=cfg.allow_empty)
         check_mode_fits(s, spec)
+    _check_editable(config, union_all(sets))
     source = resolve_pretrained(cfg.model, cfg.gguf_file)  # a GGUF model: its cached plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)

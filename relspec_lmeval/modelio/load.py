@@ -18,7 +18,7 @@ from relspec_lmeval.modelio.dtype import parse_dtype
 from relspec_lmeval.modelio.gguf import converted_folder, packaged_gguf, quiet_transformers
 from relspec_lmeval.util.resources import shipped_model
 
-__all__ = ["load_config", "load_model", "resolve_pretrained"]
+__all__ = ["load_config", "load_model", "meta_skeleton", "resolve_pretrained"]
 
 
 def resolve_pretrained(pretrained: Any, gguf_file: str | None = None, progress: bool = True) -> Any:
@@ -70,3 +70,17 @@ def load_model(
     loaded.eval()
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     return loaded, tokenizer
+
+
+def meta_skeleton(config: Any) -> Any:
+    """The model of ``config`` on the meta device (no weights, no memory): its modules can be
+    checked before a slow load. None for a model transformers cannot build from its config
+    alone (``relspec-hf`` checks that one when it loads)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - any failure here only means: check it at load time
+        return None
