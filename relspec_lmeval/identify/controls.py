@@ -198,7 +198,21 @@ def random_controls(
     command: str | None = None,
     force: bool = False,
 ) -> dict[Path, bool]:
-    """``random_sets``, saying for each file whether it was written now (False: it was there already)."""
+    """Random controls: for each seed, as many random neurons as each ``like`` set.
+
+    Plain controls depend only on the model shape, k and the seed, so every set of k neurons
+    in a folder shares one file: ``<out>/random/k<K>-seed<N>.safetensors``, written once,
+    listing the sets it serves (``like``), with the means when their scores files agree on
+    them and no per-neuron scores. One that already holds the draw is kept as it is;
+    ``--layer-matched`` controls are per relation, ``<out>/random/<relation>-layer-seed<N>``,
+    with the relation's scores and means. Default ``out``: the set's folder (the working
+    directory for a shipped set). Returns every control file of the call, once, with
+    whether it was written now (False: it was there already).
+
+    Raises ``NeuronSetError`` for a set that does not fit its shape, ``UsageError`` for no
+    seeds, ``OutputError`` for a shipped ``out`` or a shared file that holds something else
+    (unless ``force``), all before anything is written.
+    """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise UsageError("--seeds must be at least 1")
@@ -224,33 +238,9 @@ def random_controls(
     return {path: not was_there for path, was_there in kept.items()}
 
 
-def random_sets(
-    like: Sequence[str],
-    seeds: int | Sequence[int] = 10,
-    *,
-    layer_matched: bool = False,
-    out: str | os.PathLike | None = None,
-    model: str | None = None,
-    revision: str | None = None,
-    command: str | None = None,
-    force: bool = False,
-) -> list[Path]:
-    """Random controls: for each seed, as many random neurons as each ``like`` set.
-
-    Plain controls depend only on the model shape, k and the seed, so every set of k neurons
-    in a folder shares one file: ``<out>/random/k<K>-seed<N>.safetensors``, written once,
-    listing the sets it serves (``like``), with the means when their scores files agree on
-    them and no per-neuron scores. One that already holds the draw is kept as it is;
-    ``--layer-matched`` controls are per relation, ``<out>/random/<relation>-layer-seed<N>``,
-    with the relation's scores and means. Default ``out``: the set's folder (the working
-    directory for a shipped set). Returns every control file of the call, once.
-
-    Raises ``NeuronSetError`` for a set that does not fit its shape, ``UsageError`` for no
-    seeds, ``OutputError`` for a shipped ``out`` or a shared file that holds something else
-    (unless ``force``), all before anything is written.
-    """
-    return list(random_controls(like, seeds, layer_matched=layer_matched, out=out, model=model, revision=revision,
-                                command=command, force=force))
+def random_sets(like: Sequence[str], seeds: int | Sequence[int] = 10, **options: Any) -> list[Path]:
+    """``random_controls`` (the same arguments and errors), as the list of control files."""
+    return list(random_controls(like, seeds, **options))
 
 
 def _cut_metadata(scores: Scores, path: Path, k: int, select: str, skip: int, command: str | None) -> dict[str, Any]:
