@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, (method, sites) in runs.items():  # identification, each run into its own folder
         t = time.perf_counter()
         lape = method == "lape"
-        identify(IdentifyConfig(model=args.model, out=str(work / name.replace(" @ ", "@")), relations=args.relations, data=args.data,
+        identify(IdentifyConfig(model=args.model, out=str(work / _folder_name(name)), relations=args.relations, data=args.data,
                                 k=max(ks), method=method, filter=not lape, correct_metric=args.correct_metric,
                                 min_positives=args.min_positives, batch_size=args.batch_size, device="cpu", force=True,
                                 command=f"benchmarks/methods.py ({name})", progress=False, print_table=False, sites=sites))
         seconds[name] = time.perf_counter() - t
         print(f"identified with {name} in {seconds[name]:.0f} s", file=sys.stderr, flush=True)
-    folders = {name: SetsFolder(work / name.replace(" @ ", "@")) for name in runs}
+    folders = {name: SetsFolder(work / _folder_name(name)) for name in runs}
     # the relations every two-class method wrote a set for; LAPE (which may assign a relation no
     # neuron) is measured on those of them it has a set for, and the table says how many
     relations = sorted(set.intersection(*(set(f.relations()) for m, f in folders.items() if runs[m][0] != "lape")))
@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(report(record), encoding="utf-8")
     print(f"wrote {out.with_suffix('.md')} ({record['seconds'] / 60:.1f} min)")
     return 0
+
+
+def _folder_name(run: str) -> str:
+    """``ap @ q_proj+k_proj`` → ``ap@q_proj,k_proj``: no "+", which relspec-hf's neuron_set reads as a union."""
+    return run.replace(" @ ", "@").replace("+", ",")
 
 
 def folder_set(folder: SetsFolder, relation: str):

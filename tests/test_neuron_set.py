@@ -157,6 +157,8 @@ def test_names_and_unions(tmp_path):
         resolve_set_path("relspec-tiny/no_such_relation")
     with pytest.raises(NeuronSetError, match="empty neuron-set name"):
         load_sets(f"{a}+")
+    plus = make_set().save(tmp_path / "ap@q_proj+k_proj" / "r.safetensors")  # a "+" in a real file's path
+    assert [len(s) for s in load_sets(str(plus))] == [6]
 
 
 def test_short_names_resolve_to_shipped_files(tmp_path, monkeypatch):

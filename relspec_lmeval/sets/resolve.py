@@ -55,7 +55,8 @@ def _renamed_shipped_control(name: str) -> Path | None:
 
 
 def load_sets(spec: Any) -> list[NeuronSet]:
-    """``a.safetensors+b.safetensors`` (paths or shipped names) → the loaded sets.
+    """``a.safetensors+b.safetensors`` (paths or shipped names) → the loaded sets; an existing
+    file whose own path holds a ``+`` is read as that one file (such a path cannot be part of a union).
 
     Raises ``NeuronSetError`` for an empty or non-text value (``neuron_set=``, ``none``,
     ``0``, ``False``): leaving the argument out is how to run the unmodified model.
@@ -65,6 +66,8 @@ def load_sets(spec: Any) -> list[NeuronSet]:
             f"neuron_set={spec!r} names no neuron-set file; give a file or shipped set name, "
             "or leave neuron_set out for the unmodified model"
         )
+    if "+" in spec and Path(spec.strip()).expanduser().is_file():
+        return [NeuronSet.load(Path(spec.strip()).expanduser())]  # a file whose path has a "+" is that file, not a union
     names = [part.strip() for part in spec.split("+")]
     if not all(names):
         raise NeuronSetError(f"empty neuron-set name in {spec!r}")
