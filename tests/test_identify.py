@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_llama
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from relspec_lmeval.cli import main as cli_main
 from relspec_lmeval.data.relations import build_docs
@@ -175,6 +175,26 @@ def test_sites_pipeline_matches_slow_reference(gqa_llama_dir, data_dir, tmp_path
         control = NeuronSet.load(path)
         assert len(control) == 25 and {site for _, site in control.neurons} <= set(sites)
         assert control.recorded_shape() == scores.layout
+
+
+def test_sites_with_auroc_feed_relspec_dampen(gqa_llama_dir, data_dir, tmp_path):
+    """AurA's intervention on attention neurons: AUROC scores of v_proj/o_proj, factors, applied by relspec-hf's code."""
+    from relspec_lmeval.identify.dampen import dampened_scores
+    from relspec_lmeval.lm.ablation import AblationSpec, ablated
+
+    identify(config(gqa_llama_dir, tmp_path, data_dir, relations="person_mother", method="auroc", sites="v_proj,o_proj"))
+    scores = load_scores(tmp_path / "scores" / "person_mother.safetensors")
+    dampened = dampened_scores(scores)
+    assert dampened.has_factors and {site for _, site in dampened.neurons} <= {"v_proj", "o_proj"}
+    assert len(dampened) == int((scores.ap > 0.5).sum())
+    model = AutoModelForCausalLM.from_pretrained(gqa_llama_dir).eval()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        before = model(ids).logits
+        with ablated(model, dampened, AblationSpec(mode="dampen")) as ablation:
+            assert ablation.methods == ["weights"]
+            during = model(ids).logits
+        assert torch.equal(model(ids).logits, before) and not torch.allclose(during, before)
 
 
 # ---------------------------------------------------------------------------- files and metadata
