@@ -177,6 +177,20 @@ def test_sites_pipeline_matches_slow_reference(gqa_llama_dir, data_dir, tmp_path
         assert control.recorded_shape() == scores.layout
 
 
+def test_sites_on_a_fused_model_fail_before_any_weight_loads(data_dir, tmp_path, capsys, monkeypatch):
+    from transformers import Phi3Config
+
+    Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, pad_token_id=0,
+               bos_token_id=1, eos_token_id=2).save_pretrained(tmp_path / "phi3")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    argv = ["identify", "--model", str(tmp_path / "phi3"), "--data", str(data_dir), "--sites", "q_proj", "--k", "5", "--out", str(tmp_path / "o"),
+            "--no-filter", "--quiet"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("relspec: error: model type 'phi3' has a fused") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_sites_with_auroc_feed_relspec_dampen(gqa_llama_dir, data_dir, tmp_path):
     """AurA's intervention on attention neurons: AUROC scores of v_proj/o_proj, factors, applied by relspec-hf's code."""
     from relspec_lmeval.identify.dampen import dampened_scores

@@ -43,7 +43,7 @@ from relspec_lmeval.identify.lape import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_
 from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
-from relspec_lmeval.modelio.load import load_config, load_model
+from relspec_lmeval.modelio.load import load_config, load_model, meta_skeleton
 from relspec_lmeval.modelio.sites import find_mlps, site_modules
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.scores import Scores, save_scores
@@ -126,6 +126,8 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     if cfg.k > shape.total:
         raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r} at {', '.join(shape.sites)}")
     model_block = model_metadata(config, cfg.model, cfg.revision, gguf_file=cfg.gguf_file, sites=shape.sites)
+    if shape.has_attention_sites and (skeleton := meta_skeleton(config)) is not None:  # a fused attention: before the load
+        site_modules(skeleton, [(layer, site) for layer, site, _, _ in shape.blocks()])
     out = Path(cfg.out)
     check_out_dir(out, model_block, cfg.force)
     return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out))
