@@ -277,7 +277,7 @@ def report(result: dict) -> list[str]:
         g = goals(m["identify"])
         lines += ["", f"Fastest assembled peer pipeline: {g['assembled']} = {g['assembled_seconds']:.2f} s → ours is {g['vs_assembled']:.1f}× faster (goal ≥ 3×: "
                   f"{'met' if g['vs_assembled'] >= 3 else 'not met'}); the selfcond recipe takes {g['vs_selfcond']:.1f}× ours (goal ≥ 10×: "
-                  f"{'met' if g['vs_selfcond'] >= 10 else 'not met'}). With the early-stop prototype: {g['vs_assembled_early_stop'] or float('nan'):.1f}×. "
+                  f"{'met' if g['vs_selfcond'] >= 10 else 'not met'}). "
                   f"No AP can do better than {g['bound']:.1f}× here: that is our AP after the fastest collection measured, and a collection "
                   "cannot beat the forward pass it reads.", ""]
         if m.get("load_average"):
@@ -328,19 +328,18 @@ NOTES = """## Reading the numbers
   same matrix scaled to [0, 1] it agrees with ours to 1e-7, its float32 precision). The top k survived it here, but a
   user of `multilabel_average_precision` on raw activations gets slightly different scores. It also expands the
   labels to a [prompts, neurons] target, hence its memory.
-* **Where a peer is faster.** nnsight's collection ends the forward pass with `tracer.stop()` after the last
-  down_proj, so the final norm and the lm_head never run; ours asks for one logit per row (`logits_to_keep=1`), and
-  with a 32,000 (random Llama) or 262,144 (gemma) token vocabulary against a small hidden size that one-token lm_head
-  is still a sizeable share of a CPU forward pass. The early-stop row is our own `ActivationRecorder` with one more
-  hook that raises after the last down_proj: bitwise the same matrix, faster than nnsight. It is a prototype in
-  benchmarks/peers_lib.py, not yet in `activation_matrix`. Beyond that, collection is the model's forward pass for
-  every tool; what is left is AP, the pipeline and memory. The plain hooks, the selfcond recipe and TransformerLens
+* **Collection.** nnsight's collection ends the forward pass with `tracer.stop()` after the last down_proj, so the
+  final norm and the lm_head never run; ours does the same (`identify.early_stop`: one more hook, after the
+  recorder's, raises after the last hooked site), so with a 32,000 (random Llama) or 262,144 (gemma) token vocabulary
+  against a small hidden size neither pays for the lm_head. (Session 4 measured this as a prototype first: it took
+  ours from 1.73 to 1.45 s on the random Llama and from 20.6 to 16.2 s on gemma-3-270m.) Beyond that, collection is
+  the model's forward pass for every tool; what is left is AP, the pipeline and memory. The plain hooks, the selfcond recipe and TransformerLens
   (`run_with_cache`; it also switches the model it wraps to eager attention) compute the logits of every token: on
   gemma-3-270m that 262,144-token lm_head is most of their collection time.
 * **Why the 3× goal fails on gemma-3-270m on a CPU**: the forward pass (~15 s here) is shared by every tool and
   torchmetrics' AP takes ~20 s, so our AP after the fastest collection measured is only the "bound" above faster
   than the assembled pipeline. On the random Llama, whose forward pass is cheap next to AP, the goals are met.
-* **Memory of the early stop**: on gemma-3-270m it also peaks ~800 MB lower. Its lm_head weight is tied to the
+* **Memory of the early stop**: on gemma-3-270m it also peaks ~800 MB lower (measured on the prototype). Its lm_head weight is tied to the
   262,144 × 640 embedding (671 MB in float32), mapped from the safetensors file; a forward pass reads only its
   tokens' embedding rows, so the rest stays on disk until the lm_head multiplies by the whole matrix (RSS 774 MB after
   a forward without the lm_head, 1,415 MB after one lm_head row).
@@ -362,8 +361,6 @@ def goals(identify: dict) -> dict:
     # the most any AP can give: our AP after the fastest collection of all (the forward pass is the floor)
     fastest = min(x["collection"] for x in identify.values() if "error" not in x)
     out["bound"] = assembled / (fastest + identify["relspec-lmeval"]["ap"])
-    stop = identify.get("relspec-lmeval + early stop (prototype)", {})
-    out["vs_assembled_early_stop"] = assembled / stop["seconds"] if "seconds" in stop else None
     return out
 
 

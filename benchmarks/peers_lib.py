@@ -58,39 +58,6 @@ def collect_ours(model, encoded, batch_size: int, pad_id: int) -> torch.Tensor:
     return activation_matrix(model, encoded, model_shape(model), batch_size=batch_size, pad_id=pad_id, progress=False)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _stop(module, args, output):
-    raise _Stop
-
-
-@torch.inference_mode()
-def collect_ours_early_stop(model, encoded, batch_size: int, pad_id: int) -> torch.Tensor:
-    """A prototype, not the shipped code: ``activation_matrix`` whose forward ends at the last
-    layer's down_proj (an exception from one more hook), so the final norm and lm_head never run."""
-    from relspec_lmeval.identify.activations import ActivationRecorder, length_batches, pad_batch
-    from relspec_lmeval.modelio.sites import find_mlps, model_shape
-
-    layout = model_shape(model)
-    matrix = torch.zeros((len(encoded), layout.total))
-    with ActivationRecorder(model, layout) as recorder:
-        handle = find_mlps(model)[-1].down_proj.register_forward_hook(_stop)  # after the recorder's own hook
-        try:
-            for rows in length_batches(encoded, batch_size):
-                ids, mask = pad_batch([encoded[i] for i in rows], pad_id, "right", torch.device("cpu"))
-                recorder.arm(mask)
-                try:
-                    model(input_ids=ids, attention_mask=mask, use_cache=False)
-                except _Stop:
-                    pass
-                matrix[rows] = recorder.check()
-        finally:
-            handle.remove()
-    return matrix
-
-
 @torch.no_grad()
 def collect_hooks(model, batches_, n: int) -> torch.Tensor:
     """Plain ``register_forward_hook``: keep each site's output, average after the forward."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 IDENTIFY = {  # name: (collection, AP)
     "relspec-lmeval": ("ours", "ours"),
-    "relspec-lmeval + early stop (prototype)": ("ours_early_stop", "ours"),
     "hooks + sklearn": ("hooks", "sklearn"),
     "hooks + torchmetrics": ("hooks", "torchmetrics"),
     "nnsight + torchmetrics": ("nnsight", "torchmetrics"),
@@ -77,8 +76,6 @@ def identify_worker(spec: dict, tool: str) -> dict:
     def collection(prompts):
         if collect == "ours":
             return lib.collect_ours(model, prompts, spec["batch_size"], spec["pad_id"])
-        if collect == "ours_early_stop":
-            return lib.collect_ours_early_stop(model, prompts, spec["batch_size"], spec["pad_id"])
         batches = lib.batches(prompts, spec["batch_size"], spec["pad_id"])
         if collect == "hooks":
             return lib.collect_hooks(model, batches, len(prompts))

@@ -43,13 +43,11 @@ def test_top_k_matches_ours_ranking(setup):
     assert setup["top"] == select_flat(torch.from_numpy(setup["ap"]).float(), K).tolist()
 
 
-@pytest.mark.parametrize("collector", ["hooks", "ours_early_stop", "selfcond"])
+@pytest.mark.parametrize("collector", ["hooks", "selfcond"])
 def test_plain_collections_equal_ours(setup, collector, tmp_path):
     n = len(setup["encoded"])
     if collector == "hooks":
         values = lib.collect_hooks(setup["model"], setup["batches"], n)
-    elif collector == "ours_early_stop":
-        values = lib.collect_ours_early_stop(setup["model"], setup["encoded"], 5, setup["tokenizer"].pad_token_id)
     else:
         responses = lib.collect_selfcond(setup["model"], setup["batches"], n, tmp_path)
         values = torch.from_numpy(__import__("numpy").stack(list(responses.values()), axis=1))
