@@ -44,7 +44,7 @@ from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
 from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
 from relspec_lmeval.modelio.load import load_config, load_model, meta_skeleton
-from relspec_lmeval.modelio.sites import find_mlps, site_modules
+from relspec_lmeval.modelio.sites import site_modules
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.scores import Scores, save_scores
 from relspec_lmeval.sets.shape import DEFAULT_SITES, ModelShape, model_metadata
@@ -176,8 +176,7 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     device_name = cfg.device or (str(processes.device) if processes.device else None)
     model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map,
                                   gguf_file=cfg.gguf_file, progress=cfg.progress)
-    find_mlps(model)
-    site_modules(model, [(layer, site) for layer, site, _, _ in shape.blocks()])  # every scored site exists, before any pass
+    site_modules(model, [(layer, site) for layer, site, _, _ in shape.blocks()])  # its MLPs, and every scored site, before any pass
     device = model.get_input_embeddings().weight.device
     if cfg.apply_chat_template:  # the strings lm-eval sends under --apply_chat_template
         texts_of = {r: chat_prompts(docs, tokenizer, cfg.system_instruction) for r, docs in pool.docs.items()}

@@ -76,8 +76,9 @@ def _attention(model: nn.Module, layer: nn.Module, index: int, site: str) -> nn.
 
 
 def site_modules(model: nn.Module, keys: Iterable[Site]) -> dict[Site, nn.Module]:
-    """The module of each (layer, site), checked: ``UnsupportedModelError`` for a missing site,
-    ``ModelError`` for a layer out of range or a Linear whose output width is not the config's."""
+    """The module of each (layer, site), checked: ``UnsupportedModelError`` for MLPs ``find_mlps``
+    refuses (whatever the keys) or a missing site, ``ModelError`` for a layer out of range or a
+    Linear whose output width is not the config's."""
     layers = find_layers(model)
     mlps = find_mlps(model)
     shape = model_shape(model)

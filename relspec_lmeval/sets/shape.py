@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -146,8 +146,7 @@ class ModelShape:
 
     def with_sites(self, sites: Iterable[str]) -> ModelShape:
         """The same model with the flat order over other sites."""
-        return ModelShape(self.num_layers, self.hidden_size, self.intermediate_size, self.model_type,
-                          self.num_attention_heads, self.num_key_value_heads, self.head_dim, tuple(sites))
+        return replace(self, sites=tuple(sites))
 
     # ---- equality ----------------------------------------------------------------------
     def _key(self) -> tuple:
