@@ -5,8 +5,8 @@
     python scripts/make_tasks.py --check  # exit 1 if tasks/ differs from what this writes
 
 The groups are the table ``relspec_lmeval.data.tasks.GROUPS`` (edit it there). Every task
-is a few lines that ``include`` a base config (tasks/_recall_base.yaml or
-tasks/_ppl_base.yaml) and name their docs through ``dataset_kwargs``, which lm-eval passes
+is a few lines that ``include`` a base config (tasks/_recall_base.yaml,
+_ppl_base.yaml, _choice_base.yaml or _logprob_base.yaml) and name their docs through ``dataset_kwargs``, which lm-eval passes
 to ``relspec_lmeval.data.relations.custom_dataset``. A group over another fact collection
 (a shipped synthetic world, a user's folder) is one more ``GroupSpec`` with ``data_dir``
 set: relative paths start at a package resource folder (``models/...``), not at the
@@ -98,8 +98,36 @@ metadata:
   version: {VERSION}
 """
 
-BASES = {"recall": "_recall_base.yaml", "ppl": "_ppl_base.yaml", "choice": "_choice_base.yaml"}
-GROUP_METRICS = {"recall": ("acc", "acc_lenient"), "ppl": ("word_perplexity", "byte_perplexity", "bits_per_byte"), "choice": ("acc", "acc_norm")}
+LOGPROB_BASE = HEADER + f"""\
+# The gold object's log-probability after the recall prompt (data/logprob.py): for every gold
+# of the subject, the whole object and its first token (the model's tokenizer, from
+# --metadata tokenizer or the model's pretrained), scored by log-likelihood. Per doc, over the
+# golds: logprob (nats, whole object), logprob_first (nats, first token), greedy (0/1).
+output_type: multiple_choice
+custom_dataset: !function utils.custom_logprob_dataset
+test_split: test
+doc_to_text: "{{{{prompt}}}}"
+doc_to_choice: choices
+doc_to_target: target
+num_fewshot: 0
+process_results: !function utils.process_logprob_results
+metric_list:
+  - metric: logprob
+    aggregation: mean
+    higher_is_better: true
+  - metric: logprob_first
+    aggregation: mean
+    higher_is_better: true
+  - metric: greedy
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: {VERSION}
+"""
+
+BASES = {"recall": "_recall_base.yaml", "ppl": "_ppl_base.yaml", "choice": "_choice_base.yaml", "logprob": "_logprob_base.yaml"}
+GROUP_METRICS = {"recall": ("acc", "acc_lenient"), "ppl": ("word_perplexity", "byte_perplexity", "bits_per_byte"), "choice": ("acc", "acc_norm"),
+                 "logprob": ("logprob", "logprob_first", "greedy")}
 
 
 def _task_yaml(group: GroupSpec, relation: str) -> str:
@@ -124,7 +152,7 @@ def _group_yaml(group: GroupSpec) -> str:
 
 def render() -> dict[str, str]:
     """Relative path under tasks/ → file text, for every generated file."""
-    files = {"_recall_base.yaml": RECALL_BASE, "_ppl_base.yaml": PPL_BASE, "_choice_base.yaml": CHOICE_BASE}
+    files = {"_recall_base.yaml": RECALL_BASE, "_ppl_base.yaml": PPL_BASE, "_choice_base.yaml": CHOICE_BASE, "_logprob_base.yaml": LOGPROB_BASE}
     for group in GROUPS:
         files[f"{group.name}/{group.name}.yaml"] = _group_yaml(group)
         for relation in group.relations:
