@@ -196,7 +196,8 @@ def test_values_tests_and_hashes(runs, capsys):
     table = [line for line in markdown.splitlines() if line.startswith("| ") and not line.startswith("| task")]
     assert len(table) == len(rows)
     for line in table:
-        task, metric, filt, n, base, value, diff, test, p, significant = (c.strip() for c in line.strip("|").split("|"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        task, metric, filt, n, base, value, diff, test, p, significant = cells[:10]  # then effect [CI], p (Holm), p (Wilcoxon)
         row = rows[(task, metric, filt)]
         assert (base, value, diff, test) == (f"{row['baseline']:.4f}", f"{row['value']:.4f}", f"{row['diff']:+.4f}", row["test"])
         assert significant == {None: "n/a", True: "yes", False: "no"}[row["significant"]]
@@ -330,15 +331,35 @@ def test_more_runs_are_each_compared_with_the_first(runs, capsys):
     assert all(r["diff"] == 0 and r["p"] in (1.0, None) for r in report["comparisons"][1]["rows"])
 
 
-def test_another_limit_is_flagged_and_not_paired(runs, capsys):
+def test_another_limit_is_flagged_and_paired_on_the_shared_documents(runs, capsys):
+    """--limit 40 vs 20: lm-eval's samples of the same first 20 documents (same doc and target) are
+    paired; the group (no samples) keeps the unpaired z-test."""
     report = compare_json(capsys, str(runs["original"]), str(runs["limit20"]))
     assert report["comparisons"][0]["unequal_n"] == [
         "cmp_group (80 vs 40)", "cmp_mc (40 vs 20)", "cmp_mc_prob (40 vs 20)",
         "relation_ppl_company_ceo (40 vs 20)", "relation_recall_company_ceo (40 vs 20)",
     ]  # fmt: skip
-    assert {r["test"] for r in report["comparisons"][0]["rows"]} == {"stderr", "n/a"}  # other documents: nothing to pair
+    assert report["comparisons"][0]["content_differs"] == []  # real samples of the same documents agree
+    rows = rows_by_key(report)
+    for (task, _, _), row in rows.items():
+        if task == "cmp_group":
+            assert row["test"] == "stderr"
+        else:  # the same model on the shared documents: no difference
+            assert row["test"] != "stderr" and (row["n"], row["n_baseline"], row["n_run"]) == (20, LIMIT, 20) and row["effect"] == 0
     assert main(["compare", str(runs["original"]), str(runs["limit20"])]) == 0
-    assert "Sample counts differ (another --limit?): cmp_group (80 vs 40)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Sample counts differ (another --limit?): cmp_group (80 vs 40)" in out and "| 20 (of 40 / 20) |" in out
+    # The ablated model against --limit 20 of the original: McNemar on the 20 shared documents.
+    rows = rows_by_key(compare_json(capsys, str(runs["ablated"]), str(runs["limit20"])))
+    for task, metric in (("cmp_mc", "acc"), ("cmp_mc", "acc_norm"), ("cmp_mc_prob", "acc")):
+        x, y = (
+            {s["doc_id"]: s[metric] for s in map(json.loads, samples_file(runs[name], task).read_text().splitlines())}
+            for name in ("ablated", "limit20")
+        )
+        b, c = sum(1 for d in y if x[d] > y[d]), sum(1 for d in y if x[d] < y[d])
+        direct = sum(math.comb(b + c, k) for k in range(b + c + 1) if math.comb(b + c, k) <= math.comb(b + c, b)) / 2 ** (b + c)
+        row = rows[(task, metric, "none")]
+        assert row["test"] == "mcnemar" and row["n"] == 20 and row["p"] == pytest.approx(direct, rel=1e-12)
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.errors import UsageError
-from relspec_lmeval.experiments.compare import compare, load_run
-from relspec_lmeval.experiments.compare_output import plot, to_csv, to_json, to_markdown
 from relspec_lmeval.util.files import atomic_write_text
 
 __all__ = ["add_parser"]
@@ -26,6 +24,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         raise UsageError("compare needs at least two results: the baseline first, then the run(s) to compare with it")
     if not 0 < args.alpha < 1 or args.resamples < 1:
         raise UsageError(f"--alpha must be in (0, 1) and --resamples at least 1 (got {args.alpha}, {args.resamples})")
+    from relspec_lmeval.experiments.compare import compare, load_run  # after the flag checks: numpy
+    from relspec_lmeval.experiments.compare_output import plot, to_csv, to_json, to_markdown
+
     runs = [load_run(arg, name) for arg, name in zip(args.results, _names(args.results))]
     for run in runs:
         if run.found > 1:  # the table says so too; csv and json readers see it here
@@ -34,6 +35,9 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     cuts = {cut.file: cut for c in comparisons for cut in c.samples_cut_short}  # the baseline's once, not per comparison
     for cut in cuts.values():  # the outputs say so too; this reaches whoever reads only the exit status and stderr
         print(f"relspec compare: samples file cut short: {cut.describe()}; no paired test for {cut.task}", file=sys.stderr)
+    for c in comparisons:  # documents left out of the pairing: said on stderr too
+        for differs in c.content_differs:
+            print(f"relspec compare: {c.run.label} vs {c.baseline.label}: doc_ids with another doc/target, not paired: {differs}", file=sys.stderr)
     if args.plot:
         plot(comparisons, Path(args.plot))
     if args.format == "csv":
@@ -53,10 +57,11 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
         help="compare lm-eval results (original vs ablated) with significance tests",
-        description="Match the tasks and metrics of lm-eval results and test each difference: exact McNemar "
-        "(0/1 metrics) or a paired bootstrap (of the corpus-level difference for perplexities) on the per-sample "
-        "results of --log_samples runs, a z-test on the "
-        "reported standard errors otherwise. See docs/compare.md.",
+        description="Match the tasks and metrics of lm-eval results and test each difference on the documents both "
+        "runs have: exact McNemar (0/1 metrics) or a paired bootstrap with a Wilcoxon signed-rank p (other per-sample "
+        "metrics; of the corpus-level difference for perplexities) on the samples of --log_samples runs, an unpaired "
+        "z-test on the reported standard errors otherwise; each with the effect and its 95% CI, and Holm's correction "
+        "within the subtasks of a group. See docs/compare.md.",
     )
     p.add_argument(
         "results",

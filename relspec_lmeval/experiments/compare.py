@@ -1,34 +1,53 @@
 """``relspec compare``: lm-eval results side by side, with a significance test per metric.
 
 Reads lm-eval ``--output_path`` folders (or results files), matches tasks, metrics and
-filters, and tests each difference: exact McNemar on paired 0/1 samples, a paired bootstrap
-of the mean difference on other per-sample metrics, a paired bootstrap of the corpus-level
-difference on weighted perplexities and bits per byte (all need ``--log_samples``), a z-test
-on lm-eval's standard errors otherwise. See docs/compare.md.
+filters, pairs the documents both runs have (``experiments.pairing``) and tests each
+difference: exact McNemar on paired 0/1 samples, a paired bootstrap of the mean difference
+(and a Wilcoxon signed-rank p) on other per-sample metrics, a paired bootstrap of the
+corpus-level difference on weighted perplexities and bits per byte (all need
+``--log_samples``), an unpaired z-test on lm-eval's standard errors otherwise. Every row gets
+the effect with a 95% CI, and Holm's correction within the subtasks of a group. See docs/compare.md.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from relspec_lmeval.data.tasks import GROUPS
 from relspec_lmeval.errors import DataError, UsageError
-from relspec_lmeval.experiments.stats import bootstrap_p, mcnemar_p, stderr_p, weighted_aggregate, weighted_bootstrap_p
+from relspec_lmeval.experiments.pairing import (
+    CutShort,
+    SamplesFile,
+    Shared,
+    cut_short,
+    paired_docs,
+    per_sample,
+    read_samples,
+    shared,
+    weighted_pairs,
+)
+from relspec_lmeval.experiments.stats import bootstrap_mean, holm, mcnemar_p, stderr_ci, stderr_p, weighted_bootstrap, wilcoxon_p
 from relspec_lmeval.util.suggest import closest
 
+__all__ = ["TESTS", "WILCOXON", "Comparison", "CutShort", "Row", "Run", "compare", "load_run"]
+
+# test key (the `test` column's values) → (its name, what it does)
 TESTS = {
-    "mcnemar": "exact McNemar test on the paired 0/1 samples",
-    "bootstrap": "paired bootstrap of the mean difference over the paired samples",
-    "bootstrap-weighted": "paired bootstrap of the corpus-level difference: documents resampled jointly, "
-    "lm-eval's weighted aggregate recomputed on each resample",
-    "stderr": "z-test on lm-eval's standard errors (unpaired, so conservative)",
-    "n/a": "no per-sample means and no standard errors to test with",
-}
+    "mcnemar": ("McNemar exact", "exact McNemar test on the 0/1 samples of the paired documents"),
+    "bootstrap": ("paired bootstrap", "paired bootstrap of the mean difference over the paired documents"),
+    "bootstrap-weighted": ("paired bootstrap, corpus-level", "paired bootstrap of the corpus-level difference: documents "
+                           "resampled jointly, lm-eval's weighted aggregate recomputed on each resample"),
+    "stderr": ("z (stderr, unpaired)", "z-test on lm-eval's standard errors as if the runs were independent: not paired; "
+               "conservative only where the runs are positively correlated on the same documents, and with other "
+               "documents it compares other populations"),
+    "n/a": ("none", "no per-sample means and no standard errors to test with"),
+}  # fmt: skip
+WILCOXON = "Wilcoxon signed-rank"
 
 # lm-eval's aggregations of per-document [loglik, length] pairs; it reports no stderr for them.
 WEIGHTED = ("weighted_perplexity", "bits_per_byte")
@@ -47,6 +66,7 @@ class Run:
     model: str
     relspec: dict[str, Any]  # config.relspec of relspec-hf runs; {} for other models
     configs: dict[str, Any]  # the results' task configs: how each metric was aggregated
+    group_subtasks: dict[str, list[str]] = field(default_factory=dict)  # lm-eval's group → its subtasks
 
     def samples_file(self, task: str) -> Path | None:
         """lm-eval writes ``samples_<task>_<timestamp>.jsonl`` beside ``results_<timestamp>.json``."""
@@ -79,7 +99,7 @@ class Row:
     task: str
     metric: str
     filter: str
-    n: int | None  # paired samples, else the task's sample count
+    n: int | None  # paired documents, else the baseline's sample count
     baseline: float
     value: float
     diff: float  # value - baseline
@@ -88,23 +108,17 @@ class Row:
     test: str  # a key of TESTS
     p: float | None  # two-sided
     significant: bool | None
-    note: str = ""  # why a paired test was not possible, where it was meant to be (samples cut short)
-
-
-@dataclass(frozen=True)
-class CutShort:
-    """A samples file with fewer samples than the run evaluated, or with lines that do not parse
-    (an interrupted write): its task gets no paired test, and the outputs say so."""
-
-    task: str
-    file: str
-    read: int
-    expected: int
-    unparsable: int
-
-    def describe(self) -> str:
-        bad = f" ({self.unparsable} unparsable line{'s' if self.unparsable != 1 else ''})" if self.unparsable else ""
-        return f"{self.file}: {self.read} of {self.expected} samples read{bad}"
+    note: str = ""  # why a paired test was not possible or left documents out (samples cut short, other content)
+    n_baseline: int | None = None  # the baseline's documents (its samples of this metric, else its sample count)
+    n_run: int | None = None  # the same for the other run
+    effect: float | None = None  # the difference the test tests: on the paired documents, else diff
+    ci_low: float | None = None  # its 95% CI: paired bootstrap percentiles, or the z-test's Wald interval
+    ci_high: float | None = None
+    p_wilcoxon: float | None = None  # Wilcoxon signed-rank p, for per-sample metrics that are not 0/1
+    p_holm: float | None = None  # p after Holm's correction within holm_family
+    significant_holm: bool | None = None
+    holm_family: str = ""  # the group whose subtasks (same metric and filter) form the family; "" for a family of one
+    holm_m: int | None = None  # tests in that family
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,9 @@ class Comparison:
     rows: list[Row]
     only_in_baseline: list[str]
     only_in_run: list[str]
-    unequal_n: list[str]  # "task (n vs n)": runs with another --limit are not comparable
+    unequal_n: list[str]  # "task (n vs n)": another --limit; with samples, paired on the documents both have
     samples_cut_short: list[CutShort]
+    content_differs: list[str] = field(default_factory=list)  # "task: N doc_id(s) (…)" not paired: another doc/target
 
 
 def load_run(arg: str, name: str) -> Run:
@@ -146,6 +161,7 @@ def load_run(arg: str, name: str) -> Run:
         model=f"{config.get('model', '?')} {pretrained or ''}".strip(),
         relspec=config.get("relspec") or {},
         configs=data.get("configs") or {},
+        group_subtasks={g: list(t) for g, t in (data.get("group_subtasks") or {}).items() if isinstance(t, list)},
     )
 
 
@@ -163,87 +179,19 @@ def _metrics(entry: dict[str, Any]) -> dict[tuple[str, str], float]:
     return out
 
 
-# (doc_id, filter) → the sample's metric values: numbers, and [loglik, length] pairs of weighted metrics
-Samples = dict[tuple[Any, str], dict[str, float | tuple[float, float]]]
-
-
-def _value(v: Any) -> float | tuple[float, float] | None:
-    """A per-sample metric value: a number, or a ``[loglik, length]`` pair of a weighted metric."""
-    if _number(v) is not None:
-        return float(v)
-    if isinstance(v, list) and len(v) == 2 and all(_number(u) is not None for u in v):
-        return float(v[0]), float(v[1])
-    return None
-
-
-def _read_samples(path: Path) -> tuple[Samples, int]:
-    """Every line's numbers and pairs (its metric values, and doc_id itself), and how many lines did not parse."""
-    samples, unparsable = {}, 0
-    try:
-        with path.open(encoding="utf-8", errors="replace") as f:  # a write cut inside a character: that line only
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    s = json.loads(line)
-                    samples[(s["doc_id"], s.get("filter", "none"))] = {k: v for k, v in ((k, _value(v)) for k, v in s.items()) if v is not None}
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    unparsable += 1  # an interrupted write leaves half a line: counted and said, not fatal
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable lm-eval samples file ({exc!r})") from None
-    return samples, unparsable
-
-
-def _task_samples(run: Run, task: str) -> tuple[Samples, CutShort | None]:
+def _task_samples(run: Run, task: str) -> tuple[SamplesFile, CutShort | None]:
     """The task's samples, or none and why when the file holds fewer than the run evaluated.
 
-    A paired test on part of the documents would not test the reported numbers, so a file cut
-    short gets none; the caller says so instead of falling back to the standard errors silently.
+    A paired test on part of a run's documents would not test its reported number, so a file
+    cut short gets none; the caller says so instead of falling back to the standard errors silently.
     """
     path = run.samples_file(task)
     if path is None:
-        return {}, None
-    samples, unparsable = _read_samples(path)
+        return SamplesFile(), None
+    samples = read_samples(path)
     filters = sorted({filt for _, filt in _metrics(run.results[task])})
-    n = run.sample_count(task)
-    counts = [sum(1 for _, f in samples if f == filt) for filt in filters]  # lm-eval writes a line per document and filter
-    if not unparsable and (n is None or all(count >= n for count in counts)):
-        return samples, None
-    expected = sum(counts) + unparsable if n is None else n * len(filters)
-    return {}, CutShort(task, str(path), sum(counts), expected, unparsable)
-
-
-def _per_sample(samples: Samples, metric: str, filt: str, reported: float) -> dict[Any, float] | None:
-    """doc_id → value, when every document has a scalar value and their mean is the reported number.
-
-    Perplexities, bits per byte, corpus metrics (values are lists) and any aggregation other
-    than the mean fail this, so only means of per-sample values get this paired test.
-    """
-    values = {doc: v.get(metric) for (doc, f), v in samples.items() if f == filt}
-    if not values or not all(isinstance(v, float) for v in values.values()):
-        return None
-    mean = math.fsum(values.values()) / len(values)
-    return values if math.isclose(mean, reported, rel_tol=1e-9, abs_tol=1e-12) else None
-
-
-def _weighted_pairs(run: Run, task: str, samples: Samples, metric: str, filt: str, reported: float) -> dict[Any, tuple[float, float]] | None:
-    """doc_id → (loglik, length) of a weighted metric, checked against the run's reported aggregate.
-
-    A mismatch means the samples are not the ones the results were computed from (another run's
-    file, an edited one): an error, as a test on them would test something else.
-    """
-    aggregation = run.weighted_aggregation(task, metric)
-    pairs = {doc: v.get(metric) for (doc, f), v in samples.items() if f == filt}
-    if aggregation is None or not pairs or not all(isinstance(v, tuple) for v in pairs.values()):
-        return None
-    loglik, length = np.array(list(pairs.values())).T
-    recomputed = float(weighted_aggregate(aggregation, loglik, length))
-    if not math.isclose(recomputed, reported, rel_tol=1e-9, abs_tol=1e-12):  # lm-eval sums in another order
-        raise DataError(
-            f"{run.samples_file(task)}: the samples do not reproduce {metric},{filt} of {run.file} "
-            f"({aggregation} of their [loglik, length] pairs is {recomputed:.10g}, the results say {reported:.10g})"
-        )
-    return pairs
+    cut = cut_short(task, path, samples, filters, run.sample_count(task))
+    return (samples, None) if cut is None else (SamplesFile(), cut)
 
 
 def _few(names: list[str], k: int = 5) -> str:
@@ -251,25 +199,80 @@ def _few(names: list[str], k: int = 5) -> str:
     return (", ".join(names[:k]) + (f", … ({len(names) - k} more)" if len(names) > k else "")) or "none"
 
 
+def _fields(test: str, docs: list[Any], per_a: dict[Any, Any], per_b: dict[Any, Any], p: float, boot: Any) -> dict[str, Any]:
+    """A paired test's Row fields: the paired documents of each run's, p, the effect and its CI."""
+    return {"test": test, "n": len(docs), "n_baseline": len(per_a), "n_run": len(per_b), "p": p,
+            "effect": boot.observed, "ci_low": boot.low, "ci_high": boot.high}  # fmt: skip
+
+
 def _paired_test(
-    baseline: Run, run: Run, task: str, samples_a: Samples, samples_b: Samples, metric: str, filt: str,
-    base: float, value: float, resamples: int, seed: int,
-) -> tuple[str, int, float] | None:  # fmt: skip
-    """(test, paired documents, p) when both runs have samples of the same documents, else None."""
+    baseline: Run, run: Run, task: str, samples: tuple[SamplesFile, SamplesFile], keys: frozenset, metric: str, filt: str,
+    reported: tuple[float, float], resamples: int, seed: int,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The Row fields of the paired test on the documents both runs have (``keys``), else None."""
+    (samples_a, samples_b), (base, value) = samples, reported
     aggregation = baseline.weighted_aggregation(task, metric)
     if aggregation is not None and aggregation == run.weighted_aggregation(task, metric):
-        pairs_a, pairs_b = _weighted_pairs(baseline, task, samples_a, metric, filt, base), _weighted_pairs(run, task, samples_b, metric, filt, value)
-        if pairs_a is None or pairs_b is None or pairs_a.keys() != pairs_b.keys():
+        pairs_a = weighted_pairs(samples_a, metric, filt, aggregation, base, (baseline.samples_file(task), baseline.file))
+        pairs_b = weighted_pairs(samples_b, metric, filt, aggregation, value, (run.samples_file(task), run.file))
+        if pairs_a is None or pairs_b is None or not (docs := paired_docs(pairs_a, pairs_b, keys, filt)):
             return None
-        x, y = np.array(list(pairs_a.values())), np.array([pairs_b[doc] for doc in pairs_a])
-        return "bootstrap-weighted", len(x), weighted_bootstrap_p(x, y, aggregation, resamples=resamples, seed=seed)
-    per_a, per_b = _per_sample(samples_a, metric, filt, base), _per_sample(samples_b, metric, filt, value)
-    if per_a is None or per_b is None or per_a.keys() != per_b.keys():
+        x, y = np.array([pairs_a[d] for d in docs]), np.array([pairs_b[d] for d in docs])
+        boot = weighted_bootstrap(x, y, aggregation, resamples=resamples, seed=seed)
+        return _fields("bootstrap-weighted", docs, pairs_a, pairs_b, boot.p, boot)
+    per_a, per_b = per_sample(samples_a, metric, filt, base), per_sample(samples_b, metric, filt, value)
+    if per_a is None or per_b is None or not (docs := paired_docs(per_a, per_b, keys, filt)):
         return None
-    x, y = np.array(list(per_a.values())), np.array([per_b[doc] for doc in per_a])
+    x, y = np.array([per_a[d] for d in docs]), np.array([per_b[d] for d in docs])
+    boot = bootstrap_mean(x, y, resamples=resamples, seed=seed)  # the effect's CI for 0/1 metrics too
     if np.isin(x, (0, 1)).all() and np.isin(y, (0, 1)).all():
-        return "mcnemar", len(x), mcnemar_p(x, y)
-    return "bootstrap", len(x), bootstrap_p(x, y, resamples=resamples, seed=seed)
+        return _fields("mcnemar", docs, per_a, per_b, mcnemar_p(x, y), boot)
+    return _fields("bootstrap", docs, per_a, per_b, boot.p, boot) | {"p_wilcoxon": wilcoxon_p(x, y)}
+
+
+def _unpaired_test(baseline: Run, run: Run, task: str, diff: float, se_a: float | None, se_b: float | None) -> dict[str, Any]:
+    """The Row fields of the z-test on the standard errors (``n/a`` without them)."""
+    p, ci = stderr_p(diff, se_a, se_b), stderr_ci(diff, se_a, se_b)
+    n_a, n_b = baseline.sample_count(task), run.sample_count(task)
+    return {"test": "n/a" if p is None else "stderr", "n": n_a, "n_baseline": n_a, "n_run": n_b, "p": p, "effect": diff,
+            "ci_low": None if ci is None else ci[0], "ci_high": None if ci is None else ci[1]}  # fmt: skip
+
+
+def _note(cuts: list[CutShort], both: Shared, samples: tuple[SamplesFile, SamplesFile]) -> str:
+    """Why a task's rows are not paired, or paired on fewer documents than both runs share by doc_id."""
+    notes = [f"samples cut short: {c.describe()}" for c in cuts]
+    if both.differing:
+        notes.append(f"{len(both.differing)} doc_id(s) with another doc/target in the two runs not paired: {_few([str(d) for d in both.differing])}")
+    elif all(s.values for s in samples) and not both.keys:
+        notes.append("the samples files share no document: not paired")
+    return "; ".join(notes)
+
+
+def _families(baseline: Run, run: Run) -> dict[str, str]:
+    """task → the group it is a subtask of: lm-eval's ``group_subtasks`` (the baseline's first),
+    else the project's groups (``data.tasks``) for subtasks run without their group."""
+    parent = {}
+    for source in (run.group_subtasks, baseline.group_subtasks):  # the baseline's last, so it wins
+        parent |= {task: group for group, tasks in sorted(source.items()) for task in tasks}
+    for group in GROUPS:
+        for task in group.tasks():
+            parent.setdefault(task, group.name)
+    return parent
+
+
+def _with_holm(rows: list[Row], parent: dict[str, str], alpha: float) -> list[Row]:
+    """Holm's correction within each family: the rows of one group's subtasks for one metric and
+    filter; a row outside any group is a family of one (p_holm = p)."""
+    families: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        if r.p is not None:
+            group = parent.get(r.task)
+            families.setdefault((group, r.metric, r.filter) if group else (None, r.task, r.metric, r.filter), []).append(i)
+    out = list(rows)
+    for family, members in families.items():
+        for i, q in zip(members, holm([rows[i].p for i in members])):
+            out[i] = replace(rows[i], p_holm=q, significant_holm=q < alpha, holm_family=family[0] or "", holm_m=len(members))
+    return out
 
 
 def compare(baseline: Run, run: Run, *, alpha: float = 0.05, resamples: int = 10_000, seed: int = 0) -> Comparison:
@@ -278,13 +281,16 @@ def compare(baseline: Run, run: Run, *, alpha: float = 0.05, resamples: int = 10
         hints = [f"{t} ~ {m}" for t in sorted(baseline.results) if (m := closest(t, run.results))]
         detail = f"close names: {_few(hints)}" if hints else f"tasks: {_few(sorted(run.results))} vs {_few(sorted(baseline.results))}"
         raise DataError(f"{run.file}: no task in common with {baseline.file}; {detail}")
-    rows, unequal_n, cut_short = [], [], []
+    rows, unequal_n, cuts_all, differs = [], [], [], []
     for task in sorted(common):
         a, b = _metrics(baseline.results[task]), _metrics(run.results[task])
         (samples_a, cut_a), (samples_b, cut_b) = _task_samples(baseline, task), _task_samples(run, task)
-        cut = [c for c in (cut_a, cut_b) if c is not None]
-        cut_short += cut
-        note = "; ".join(f"samples cut short: {c.describe()}" for c in cut)
+        cuts = [c for c in (cut_a, cut_b) if c is not None]
+        cuts_all += cuts
+        both = shared(samples_a, samples_b)
+        if both.differing:
+            differs.append(f"{task}: {len(both.differing)} doc_id(s) ({_few([str(d) for d in both.differing])})")
+        note = _note(cuts, both, (samples_a, samples_b))
         n_task, n_run = baseline.sample_count(task), run.sample_count(task)
         if n_task != n_run:
             unequal_n.append(f"{task} ({n_task} vs {n_run})")
@@ -292,19 +298,18 @@ def compare(baseline: Run, run: Run, *, alpha: float = 0.05, resamples: int = 10
             base, value = a[(metric, filt)], b[(metric, filt)]
             se_a = _number(baseline.results[task].get(f"{metric}_stderr,{filt}"))
             se_b = _number(run.results[task].get(f"{metric}_stderr,{filt}"))
-            paired = _paired_test(baseline, run, task, samples_a, samples_b, metric, filt, base, value, resamples, seed)
-            if paired is not None:
-                test, n, p = paired
-            else:
-                n, p = n_task, stderr_p(value - base, se_a, se_b)
-                test = "n/a" if p is None else "stderr"
-            rows.append(Row(task, metric, filt, n, base, value, value - base, se_a, se_b, test, p, None if p is None else p < alpha, note))
+            test = _paired_test(baseline, run, task, (samples_a, samples_b), both.keys, metric, filt, (base, value), resamples, seed)
+            test = test or _unpaired_test(baseline, run, task, value - base, se_a, se_b)
+            significant = None if test["p"] is None else test["p"] < alpha
+            rows.append(Row(task, metric, filt, baseline=base, value=value, diff=value - base, baseline_stderr=se_a, stderr=se_b,
+                            significant=significant, note=note, **test))  # fmt: skip
     return Comparison(
         baseline,
         run,
-        rows,
+        _with_holm(rows, _families(baseline, run), alpha),
         only_in_baseline=sorted(set(baseline.results) - set(common)),
         only_in_run=sorted(set(run.results) - set(common)),
         unequal_n=unequal_n,
-        samples_cut_short=cut_short,
+        samples_cut_short=cuts_all,
+        content_differs=differs,
     )
