@@ -2,8 +2,9 @@
 
 The folder is built beside its target and swapped in at the end (``util.files.staged_dir``),
 and carries a marker file listing what it holds. ``--force`` replaces only a folder with
-that marker and nothing else in it: never the working directory, a parent of it, the home
-directory, the shipped files, or a folder with files of the user's.
+that marker and nothing else in it (no file, no folder it does not list), checked before the
+weights load and again right before the swap: never the working directory, a parent of it, the
+home directory, the shipped files, or a folder with files of the user's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError, OutputError
-from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_mode_fits
+from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_factor_fits, check_mode_fits, planned_dtype
 from relspec_lmeval.modelio.dtype import parse_dtype
 from relspec_lmeval.modelio.load import load_config, meta_skeleton, resolve_pretrained
 from relspec_lmeval.modelio.sites import site_modules
@@ -26,7 +27,7 @@ from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.files import staged_dir
 from relspec_lmeval.util.resources import refuse_shipped
 
-__all__ = ["EXPORT_MARKER", "ExportConfig", "check_export_target", "export_checkpoint"]
+__all__ = ["EXPORT_MARKER", "ExportConfig", "check_export_target", "check_replaceable", "export_checkpoint"]
 
 EXPORT_MARKER = "relspec_export.json"
 
@@ -50,6 +51,22 @@ def _files_below(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
+def _entries_below(folder: Path) -> set[str]:
+    """Every file, link and folder below ``folder`` (folders as ``name/``): an empty folder is the user's too."""
+    found = set()
+    for root, dirs, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        found.update(f"{base / name}/" for name in dirs if not os.path.islink(os.path.join(root, name)))
+        found.update(str(base / name) for name in (*files, *(d for d in dirs if os.path.islink(os.path.join(root, d)))))
+    return found
+
+
+def _listed_entries(listed: set[str]) -> set[str]:
+    """What a marker's file list accounts for: the files, the marker, the folders they are in."""
+    folders = {f"{parent}/" for name in listed for parent in Path(name).parents if str(parent) != "."}
+    return listed | folders | {EXPORT_MARKER}
+
+
 def check_export_target(out: str | os.PathLike, force: bool) -> Path:
     """The resolved output folder, or ``OutputError`` when writing there could lose anything."""
     given = Path(out).expanduser()
@@ -59,27 +76,35 @@ def check_export_target(out: str | os.PathLike, force: bool) -> Path:
         where = "the working directory" if target == cwd else "the home directory" if target == home else "a parent of the working directory"
         raise OutputError(f"--out {out} is {where}; give the name of a new folder for the checkpoint, e.g. --out ./ablated-model")
     refuse_shipped(target, "--out")
+    check_replaceable(target, out, force)
+    return target
+
+
+def check_replaceable(target: Path, out: str | os.PathLike, force: bool, late: bool = False) -> None:
+    """``OutputError`` unless ``target`` is missing or empty, or (``force``) holds only what the
+    marker of an earlier export lists. Checked before the weights load and again (``late``) right
+    before the swap: a file written into the folder meanwhile must not be deleted with it."""
+    tail = f" (it changed while the export ran; the new checkpoint was discarded, {out} is untouched)" if late else ""
     if target.exists() and not target.is_dir():
-        raise OutputError(f"--out {out} is a file, not a folder")
+        raise OutputError(f"--out {out} is a file, not a folder{tail}")
     if not target.is_dir() or not any(target.iterdir()):
-        return target
+        return
     if not force:
-        raise OutputError(f"output folder {out} is not empty (use --force to replace an earlier relspec export there)")
+        raise OutputError(f"output folder {out} is not empty{tail or ' (use --force to replace an earlier relspec export there)'}")
     marker = target / EXPORT_MARKER
     try:
         listed = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
     except (OSError, ValueError, KeyError, TypeError):
         raise OutputError(
             f"--force replaces only a folder written by relspec export, and {out} has no readable {EXPORT_MARKER}; "
-            "not touching it"
+            f"not touching it{tail}"
         ) from None
-    foreign = sorted(_files_below(target) - listed - {EXPORT_MARKER})
+    foreign = sorted(_entries_below(target) - _listed_entries(listed))
     if foreign:
         raise OutputError(
             f"{out} holds files relspec export did not write ({', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}); "
-            "not replacing it"
+            f"not replacing it{tail}"
         )
-    return target
 
 
 def _check_editable(config: Any, neuron_set: Any) -> None:
@@ -110,6 +135,7 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
         s.validate(shape, allow_empty=cfg.allow_empty)
         check_mode_fits(s, spec)
     _check_editable(config, union_all(sets))
+    check_factor_fits(spec, sets, planned_dtype(dtype, config))  # the factor in the dtype the weights will have
     source = resolve_pretrained(cfg.model, cfg.gguf_file)  # a GGUF model: its cached plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)
@@ -125,7 +151,7 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
         "command": cfg.command,
     }
     model.config.relspec = provenance
-    with staged_dir(target) as staging:
+    with staged_dir(target, may_replace=lambda t: check_replaceable(t, cfg.out, cfg.force, late=True)) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         marker = {"format": "relspec-export", **provenance, "files": sorted(_files_below(staging))}

@@ -6,7 +6,11 @@ GGUF file once into an ordinary float32 Hugging Face folder under the user cache
 (``<cache>/gguf/<sha256[:16]>/``), keyed by the file's sha256, built beside its final name
 and renamed into place under a file lock (several ``accelerate`` ranks may start at once).
 Every later load is a plain ``from_pretrained`` of that folder. Dequantized weights are
-plain ``nn.Linear``, so ablation is an exact weight edit as for any checkpoint.
+plain ``nn.Linear``, so ablation is an exact weight edit as for any checkpoint. A conversion
+ended by SIGTERM leaves nothing; one killed outright is removed by the next (``util.files``).
+
+``gguf_file`` names a file inside the model folder (``../`` or a link out of it is refused);
+an absolute path is read as given. Either must start with the GGUF magic, checked first.
 
 A short name such as ``gemma-3-270m`` names a GGUF file that a package on the index ships
 (``PACKAGED``); the package is the user's to install (its weights carry their own terms).
@@ -18,16 +22,15 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from relspec_lmeval.errors import ModelError, OutputError, RelspecError
+from relspec_lmeval.errors import ModelError, OutputError
 from relspec_lmeval.util.cache import cache_root
-from relspec_lmeval.util.files import atomic_write_text
+from relspec_lmeval.util.files import atomic_write_text, file_mode, remove_stale_staging, signals_unwind, staged_dir, staging_prefix
 from relspec_lmeval.util.hashing import file_sha256
 
 __all__ = ["MARKER", "PACKAGED", "PackagedGGUF", "converted_folder", "packaged_gguf", "quiet_transformers"]
@@ -93,20 +96,47 @@ def packaged_gguf(name: str) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock", timeout=900):
         if not target.is_file():  # another process may have assembled it meanwhile
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            os.close(fd)
-            try:
-                package.assemble(tmp, overwrite=True)  # checks the package's own sha256
-                os.replace(tmp, target)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            _assemble(package, target)
     return target
 
 
+def _assemble(package, target: Path) -> None:
+    """The package's chunks into ``target``, through a temporary that SIGTERM removes too (and the
+    next run, if the process was killed outright)."""
+    remove_stale_staging(target.parent)
+    with signals_unwind():
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(target.name), suffix=".staging", dir=target.parent)
+        os.close(fd)
+        try:
+            package.assemble(tmp, overwrite=True)  # checks the package's own sha256
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
 def _gguf_path(folder: str | os.PathLike, gguf_file: str) -> Path:
-    path = Path(folder).expanduser() / gguf_file
+    """The GGUF file to read, checked before anything slow (hashing, converting).
+
+    A relative name must stay inside the model folder (no ``../``, no link out of it); an
+    absolute path is the user's explicit choice and is read as given. Either must be a GGUF file."""
+    given = Path(gguf_file).expanduser()
+    path = given if given.is_absolute() else Path(folder).expanduser() / gguf_file
+    inside = Path(folder).expanduser().resolve()
+    if not given.is_absolute() and not path.resolve().is_relative_to(inside):
+        raise ModelError(
+            f"GGUF file {gguf_file} is outside the model folder {inside} (it is {path.resolve()}); "
+            "give a file inside the folder, or its absolute path to read a file elsewhere"
+        )
     if not path.is_file():
         raise ModelError(f"GGUF file not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelError(f"cannot read GGUF file {path}: {exc.strerror or exc}") from None
+    if magic != b"GGUF":
+        raise ModelError(f"{path} is not a GGUF file (it does not start with the bytes GGUF)")
     return path
 
 
@@ -118,6 +148,7 @@ def converted_folder(folder: str | os.PathLike, gguf_file: str, progress: bool =
     source = _gguf_path(folder, gguf_file).resolve()
     digest = file_sha256(source)
     target = cache_root() / "gguf" / digest[:16]
+    remove_stale_staging(target.parent)  # a conversion killed outright left GBs there
     if (target / MARKER).is_file():
         return target
     from filelock import FileLock
@@ -170,19 +201,10 @@ def _build(source: Path, digest: str, target: Path) -> None:
     fresh = type(model)(config)
     fresh.load_state_dict(model.state_dict())
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write the converted model under {target.parent}: {exc.strerror or exc}") from None
-    try:
-        fresh.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        record = {"source": str(source), "sha256": digest, "transformers": transformers.__version__, "dtype": "float32"}
-        atomic_write_text(staging / MARKER, json.dumps(record, indent=1, sort_keys=True) + "\n")
-        if target.exists():  # a conversion without its marker: an interrupted one
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, Exception) and not isinstance(exc, RelspecError):  # a full disk, a read-only cache
-            raise OutputError(f"could not write the converted model {target} (set RELSPEC_CACHE_DIR elsewhere?): {exc}") from None
-        raise
+        with staged_dir(target) as staging:  # a folder without its marker there (an interrupted conversion) goes
+            fresh.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            record = {"source": str(source), "sha256": digest, "transformers": transformers.__version__, "dtype": "float32"}
+            atomic_write_text(staging / MARKER, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    except OutputError as exc:  # a full disk, a read-only cache
+        raise OutputError(f"{exc} (set RELSPEC_CACHE_DIR to convert elsewhere)") from None
