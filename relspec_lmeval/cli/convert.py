@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relspec_lmeval.cli.common import command_line
 from relspec_lmeval.errors import OutputError, UnsupportedModelError, UsageError
-from relspec_lmeval.sets.convert import Converted, file_stem, read_kn, read_lape, to_neuron_sets
-from relspec_lmeval.sets.expertise import read_selfcond
 from relspec_lmeval.sets.fileformat import SUFFIX
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.resources import refuse_shipped
+
+if TYPE_CHECKING:  # the readers import torch when the command runs: the parser needs none
+    from relspec_lmeval.sets.convert import Converted
 
 __all__ = ["add_parser", "output_paths"]
 
@@ -29,6 +30,8 @@ SHOWN = 10  # files listed one per line; more are summed up
 
 def output_paths(out: str, names: list[str], force: bool) -> list[Path]:
     """Where each set goes; ``OutputError``/``UsageError`` before anything is written."""
+    from relspec_lmeval.sets.convert import file_stem
+
     refuse_shipped(out, "--out")
     stems = [file_stem(name) for name in names]
     clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
@@ -53,22 +56,27 @@ def output_paths(out: str, names: list[str], force: bool) -> list[Path]:
     return targets
 
 
-def _names(text: str | None) -> list[str] | None:
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """``--names`` / ``--uuids``: comma-separated, none empty, none twice; errors name ``flag``."""
     if text is None:
         return None
     names = [name.strip() for name in text.split(",")]
     if not all(names):
-        raise UsageError(f"--names must be comma-separated non-empty names, not {text!r}")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--names repeats a name: {text!r}")
+        raise UsageError(f"{flag} must be comma-separated non-empty names, not {text!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"{flag} repeats {', '.join(repeated)}: {text!r}")
     return names
 
 
 def _read(args: argparse.Namespace, shape: Any) -> Converted:
+    from relspec_lmeval.sets.convert import read_kn, read_lape
+    from relspec_lmeval.sets.expertise import read_selfcond
+
     if args.format == "lape":
-        return read_lape(args.file, shape, _names(args.names))
+        return read_lape(args.file, shape, _names(args.names, "--names"))
     if args.format == "kn":
-        return read_kn(args.file, shape, merge=args.merge, name=args.name, uuids=_names(args.uuids))
+        return read_kn(args.file, shape, merge=args.merge, name=args.name, uuids=_names(args.uuids, "--uuids"))
     return read_selfcond(
         args.file, shape, k=args.k, threshold=args.threshold, take_all=args.all, select=args.select, name=args.name
     )
@@ -94,6 +102,7 @@ def _model_shape(config: Any, skeleton: Any) -> Any:
 def _cmd_convert(args: argparse.Namespace) -> None:
     from relspec_lmeval.modelio.load import load_config, meta_skeleton
     from relspec_lmeval.modelio.sites import site_modules
+    from relspec_lmeval.sets.convert import to_neuron_sets
     from relspec_lmeval.sets.shape import model_metadata
 
     refuse_shipped(args.out, "--out")  # before the model and the file are read

@@ -6,18 +6,22 @@ import argparse
 import json
 from typing import Any
 
-from relspec_lmeval.cli.common import command_line
-from relspec_lmeval.identify.controls import random_controls, select_sets
-from relspec_lmeval.identify.dampen import dampen_sets
+from relspec_lmeval.cli.common import command_line, positive_int
+from relspec_lmeval.errors import UsageError
 from relspec_lmeval.modelio.dtype import DTYPES
-from relspec_lmeval.sets.neuron_set import NeuronSet
-from relspec_lmeval.sets.resolve import resolve_set_path
 from relspec_lmeval.util.resources import is_read_only
+
+# Each command imports its work (torch) when it runs: the parser, --help and flag errors need none.
 
 __all__ = ["add_parsers"]
 
 
-def _cmd_info(args: argparse.Namespace) -> None:
+def _cmd_info(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _cmd_compare(args)
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+    from relspec_lmeval.sets.resolve import resolve_set_path
+
     for name in args.files:
         summary = NeuronSet.load(resolve_set_path(name)).summary()
         if args.json:
@@ -26,7 +30,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         meta = summary["metadata"]
         model = meta.get("model") or {}
         print(f"{summary['path']}")
-        print(f"  sha256     {summary['sha256']}")
+        print(f"  sha256     {summary['sha256']}  (the file's bytes)")
+        print(f"  content    {summary['content_sha256']}  (model shape, neurons, factors)")
         print(f"  neurons    {summary['count']}  ({', '.join(f'{k} {v}' for k, v in summary['count_per_site'].items())})")
         print(f"  relation   {meta.get('relation', '-')}   method {meta.get('method', '-')}   k {meta.get('k', '-')}")
         if isinstance(meta.get("like"), list):  # a shared random control: the sets it was written for
@@ -43,6 +48,48 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"  means      {'yes' if summary['has_means'] else 'no'}   scores {'yes' if summary['has_scores'] else 'no'}"
               f"   factors {'yes' if summary['has_factors'] else 'no'}")
         print("  per layer  " + "  ".join(f"L{layer}:{sum(c.values())}" for layer, c in summary["count_per_layer"].items()))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """``relspec info --compare A B``: same neurons (and factors)? Exit 0 if so, 1 if not, like ``cmp``."""
+    if len(args.files) != 2:
+        raise UsageError(f"--compare takes two neuron-set files, got {len(args.files)}")
+    from relspec_lmeval.sets.neuron_set import NeuronSet, compare_sets
+    from relspec_lmeval.sets.resolve import resolve_set_path
+
+    a, b = (NeuronSet.load(resolve_set_path(name)) for name in args.files)
+    diff = compare_sets(a, b)
+    if args.json:
+        print(json.dumps(diff, indent=2, sort_keys=True))
+        return 0 if diff["same_content"] else 1
+    n = diff["neurons"]
+    print(f"A  {diff['paths'][0]}\nB  {diff['paths'][1]}")
+    print(f"  content    {'same' if diff['same_content'] else 'differs'}"
+          + (f" ({diff['content_sha256'][0]})" if diff["same_content"] else f" ({diff['content_sha256'][0][:12]}… vs {diff['content_sha256'][1][:12]}…)"))
+    print(f"  neurons    {n['a']} and {n['b']}: {n['both']} in both, {n['only_a']} only in A, {n['only_b']} only in B")
+    print("  per site   " + ", ".join(f"{site} {x}" + ("" if x == y else f"/{y}") for site, (x, y) in diff["count_per_site"].items()))
+    shape = {key: pair for key, pair in diff["model_shape"].items() if pair[0] != pair[1]}
+    print("  model      " + ("same shape" if not shape else "shape differs: " + ", ".join(f"{k} {x} vs {y}" for k, (x, y) in shape.items())))
+    for name in ("factors", "scores", "means"):
+        print(f"  {name:<10} {_extra_line(diff[name])}")
+    print(f"  file       {'same bytes' if diff['same_file'] else 'differs'} (sha256 {diff['sha256'][0][:12]}…"
+          + ("" if diff["same_file"] else f" vs {diff['sha256'][1][:12]}…") + ")")
+    keys = diff["metadata_differs"]
+    print("  metadata   " + ("same" if not keys else f"differs in {', '.join(keys[:8])}{f' and {len(keys) - 8} more' if len(keys) > 8 else ''}"))
+    print("same neurons" + (" and factors" if any(diff["factors"]["has"]) else "") if diff["same_content"] else "different neurons, factors or model shape")
+    return 0 if diff["same_content"] else 1
+
+
+def _extra_line(extra: dict) -> str:
+    """One of scores/means/factors in ``--compare``: who has them, their largest difference on the shared neurons."""
+    has_a, has_b = extra["has"]
+    if not (has_a or has_b):
+        return "-"
+    if has_a != has_b:
+        return f"only {'A' if has_a else 'B'} has them"
+    peak = extra["max_abs_diff"]
+    return "no shared neurons" if peak is None else "same" if peak == 0 else f"largest difference {peak:.3g} (on the shared neurons)"
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -58,6 +105,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_random(args: argparse.Namespace) -> None:
+    from relspec_lmeval.identify.controls import random_controls
+
     written = random_controls(
         args.like, args.seeds, layer_matched=args.layer_matched, out=args.out, model=args.model, command=command_line(args),
         force=args.force,
@@ -69,6 +118,8 @@ def _cmd_random(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
+    from relspec_lmeval.identify.controls import select_sets
+
     paths = select_sets(args.scores, args.k, select=args.select, skip=args.skip, out=args.out, command=command_line(args))
     note = _why_here(args.out, args.scores)
     for path in paths:
@@ -76,6 +127,8 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
 
 def _cmd_dampen(args: argparse.Namespace) -> None:
+    from relspec_lmeval.identify.dampen import dampen_sets
+
     written = dampen_sets(args.inputs, alpha=args.alpha, threshold=args.threshold, out=args.out, command=command_line(args))
     note = _why_here(args.out, args.inputs)
     for path, made in written:
@@ -85,6 +138,8 @@ def _cmd_dampen(args: argparse.Namespace) -> None:
 
 def _why_here(out: str | None, inputs: list[str]) -> str:
     """Say so when a default output went to the working directory because an input is shipped."""
+    from relspec_lmeval.sets.resolve import resolve_set_path
+
     if out is None and any(is_read_only(resolve_set_path(name)) for name in inputs):  # paths and short names alike
         return " (in the working directory: shipped files are read-only; use --out to choose)"
     return ""
@@ -92,9 +147,11 @@ def _why_here(out: str | None, inputs: list[str]) -> str:
 
 def add_parsers(sub: Any) -> None:
     """Add ``info``, ``export``, ``random``, ``select`` and ``dampen`` to the ``relspec`` command."""
-    info = sub.add_parser("info", help="print a neuron-set file's summary")
+    info = sub.add_parser("info", help="print a neuron-set file's summary, or compare two sets by content (--compare)")
     info.add_argument("files", nargs="+", metavar="FILE", help="neuron-set file or shipped set name")
-    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.add_argument("--json", action="store_true", help="print the summary (or the comparison) as JSON")
+    info.add_argument("--compare", action="store_true",
+                      help="compare two sets: same neurons and factors (exit 0) or not (exit 1), the overlap, what else differs")
     info.set_defaults(func=_cmd_info)
 
     export = sub.add_parser("export", help="write an ablated checkpoint (for --model hf or vllm)")
@@ -122,7 +179,7 @@ def add_parsers(sub: Any) -> None:
 
     s = sub.add_parser("select", help="re-cut k neurons from stored scores (no model run)")
     s.add_argument("scores", nargs="+", metavar="SCORES", help="<out>/scores/<relation>.safetensors file(s)")
-    s.add_argument("--k", type=int, required=True, help="neurons per set")
+    s.add_argument("--k", type=positive_int, required=True, help="neurons per set")
     s.add_argument("--select", choices=["top", "both"], default="top")
     s.add_argument("--skip", type=int, default=0, help="skip the first N ranks (ranks N+1..N+k; top only)")
     s.add_argument("--out", default=None, help="output folder (default: k<N> beside the scores folder, or in the working directory for shipped scores)")

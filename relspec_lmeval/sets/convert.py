@@ -130,12 +130,17 @@ def _lape_indices(value: Any, path: Path, entry: str) -> list[int]:
 
 
 def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; torch's warnings (a plain pickle's protocol, …) are kept
+    quiet, so a file it cannot read is our one error line and nothing before it."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # weights_only refused what the pickle asked for
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found:
@@ -144,8 +149,10 @@ def _torch_load(path: Path) -> Any:
                 "a LAPE file is a list (languages) of lists (layers) of LongTensors, and relspec never unpickles other objects"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+        plain = "; it looks like a plain pickle.dump file, not a torch.save one: save the mask with torch.save" if (
+            detail and "Unsupported operand" in detail.group(1)) else ""
         raise NeuronSetError(
-            f"{path} is not a file torch.load(weights_only=True) can read ({detail.group(1).strip() if detail else 'not a pickle'})"
+            f"{path} is not a file torch.load(weights_only=True) can read ({detail.group(1).strip() if detail else 'not a pickle'}){plain}"
         ) from None
     except Exception as exc:  # not a torch file at all (a zip or pickle error, truncation)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -215,11 +222,37 @@ def _kn_keys(value: Any, path: Path, shape: ModelShape, entry: str) -> tuple[lis
     keys: dict[Key, None] = {}
     for position, pair in enumerate(value):
         if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(x) for x in pair)):
-            raise NeuronSetError(f"{path}: {entry}, item {position}: expected [layer, index] (two integers), got {json.dumps(pair)[:60]}")
+            raise NeuronSetError(f"{path}: {entry}, item {position}: expected [layer, index] (two integers), got {_shown(pair)}")
         layer, index = pair
         check_neuron(path, shape, f"{entry}, item {position}", layer, "up_proj", index)
         keys[(layer, "up_proj", index)] = None
     return list(keys), len(value) - len(keys)
+
+
+KN_MAX_BYTES = 1 << 30  # a pararel neurons file is megabytes; a bigger one is not one (and json would need many times its size)
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed file; ``NeuronSetError`` for invalid, too deeply nested or absurdly big JSON (one line, no traceback)."""
+    size = path.stat().st_size
+    if size > KN_MAX_BYTES:
+        raise NeuronSetError(f"{path} is {size / (1 << 30):.1f} GiB; a knowledge-neurons neurons file is far smaller (the limit is 1 GiB)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NeuronSetError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise NeuronSetError(f"{path} is nested too deeply to be a knowledge-neurons file ({{uuid: [[layer, index], ...]}})") from None
+    except MemoryError:
+        raise NeuronSetError(f"{path} is too big to read as JSON in this machine's memory") from None
+
+
+def _shown(value: Any) -> str:
+    """A JSON value in an error line: its first 60 characters (an absurdly nested one is named as such)."""
+    try:
+        return json.dumps(value)[:60]
+    except RecursionError:
+        return "a deeply nested value"
 
 
 def read_kn(
@@ -232,10 +265,7 @@ def read_kn(
     not a list of integer pairs, or a neuron beyond the model; ``UsageError`` for an unknown uuid.
     """
     path = source_file(path, "knowledge-neurons JSON")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NeuronSetError(f"{path} is not valid JSON ({exc})") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise NeuronSetError(f"{path}: expected a JSON object {{uuid: [[layer, index], ...]}} (knowledge-neurons' neurons file), got {type(data).__name__}")
     if not data:

@@ -12,13 +12,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.shape import SHAPE_KEYS, SITES
 from relspec_lmeval.util.files import StagedFiles
+
+if TYPE_CHECKING:  # only in annotations: SUFFIX and the names are read without torch (relspec --help)
+    import torch
 
 __all__ = [
     "FORMAT_NAME",
@@ -115,12 +116,19 @@ def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[di
 
 
 def site_tensors(path: Path, tensors: Mapping[str, torch.Tensor], kinds: tuple[str, ...]) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
-    """``layers.<L>.<site>.<kind>`` tensors grouped by kind and (layer, site); any other name is refused."""
-    pattern = re.compile(rf"^layers\.(\d+)\.({'|'.join(SITES)})\.({'|'.join(kinds)})$")
+    """``layers.<L>.<site>.<kind>`` tensors grouped by kind and (layer, site); any other name is refused.
+
+    Only the canonical spelling is read: L in ASCII digits without leading zeros (``layers.0``,
+    ``layers.12``), a known site and kind, nothing before or after. ``layers.00`` and ``layers.0``
+    would otherwise name the same site and one of the two would be dropped without a word."""
+    pattern = re.compile(rf"layers\.(0|[1-9][0-9]*)\.({'|'.join(SITES)})\.({'|'.join(kinds)})", re.ASCII)
     parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {kind: {} for kind in kinds}
     for name, tensor in tensors.items():
-        match = pattern.match(name)
+        match = pattern.fullmatch(name)
         if not match:
-            raise NeuronSetError(f"{path}: unexpected tensor {name!r} (expected layers.<L>.<site>.{'|'.join(kinds)})")
-        parts[match.group(3)][(int(match.group(1)), match.group(2))] = tensor
+            raise NeuronSetError(
+                f"{path}: unexpected tensor {name!r} (expected layers.<L>.<site>.{'|'.join(kinds)}, "
+                "L a layer number without leading zeros)"
+            )
+        parts[match.group(3)][(int(match.group(1)), match.group(2))] = tensor  # canonical: one name per key
     return parts

@@ -18,6 +18,7 @@ a neuron is. One set per safetensors file (never pickle):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +33,10 @@ from relspec_lmeval.sets.shape import ATTENTION_KEYS, FFN_SITES, SHAPE_KEYS, SIT
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
-__all__ = ["EXTRAS", "NeuronSet", "union_all"]
+__all__ = ["CONTENT_FORMAT", "EXTRAS", "NeuronSet", "compare_sets", "union_all"]
 
 EXTRAS = ("scores", "means", "factors")  # the optional per-neuron tensors, aligned with the indices
+CONTENT_FORMAT = "relspec-neuron-set-content/1"  # what content_sha256 hashes (docs/file-format.md)
 
 
 def _as_index_tensor(values: Any) -> torch.Tensor:
@@ -201,12 +203,17 @@ class NeuronSet:
         """All neurons of all sets; means and factors are kept when every part has them.
 
         A neuron in several parts keeps the last part's mean and the smallest of its factors
-        (the strongest dampening; so ``A.union(A)`` is ``A``).
+        (the strongest dampening; so ``A.union(A)`` is ``A``, ``content_sha256`` included: the
+        recorded model is kept where every part records the same shape).
         """
         parts = (self, *others)
         keys = self.keys().union(*(o.keys() for o in others))
+        shapes = {tuple((s.metadata.get("model") or {}).get(k) for k in SHAPE_KEYS) if isinstance(s.metadata.get("model"), Mapping)
+                  else None for s in parts}
+        model = {"model": self.metadata["model"]} if len(shapes) == 1 and None not in shapes else {}
         return NeuronSet.from_keys(
-            keys, {"operation": "union", "parts": [s._summary() for s in parts]}, _merged(parts, "means", _last), _merged(parts, "factors", min)
+            keys, {"operation": "union", **model, "parts": [s._summary() for s in parts]}, _merged(parts, "means", _last),
+            _merged(parts, "factors", min),
         )
 
     def intersection(self, other: NeuronSet) -> NeuronSet:
@@ -269,11 +276,26 @@ class NeuronSet:
             digest.update(tensor.numpy().tobytes())
         return digest.hexdigest()
 
+    def content_sha256(self) -> str:
+        """Hash of what applying the set does, not of its file: the recorded model shape, each
+        site's indices (int64) and, where present, factors (float32), by layer and in forward order. Metadata
+        (command, versions, data), scores and means are left out, so two runs that find the same
+        neurons of the same model shape hash the same even where their files differ."""
+        model = self.metadata.get("model") if isinstance(self.metadata.get("model"), Mapping) else {}
+        head = {"content": CONTENT_FORMAT, "model": {key: model.get(key) for key in SHAPE_KEYS}}
+        digest = hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":"), default=str).encode())
+        for (layer, site), idx in self.neurons.items():
+            digest.update(f"\nlayers.{layer}.{site}.indices\n".encode() + idx.numpy().astype("<i8").tobytes())
+            if (layer, site) in self.factors:
+                digest.update(f"\nlayers.{layer}.{site}.factors\n".encode() + self.factors[(layer, site)].numpy().astype("<f4").tobytes())
+        return digest.hexdigest()
+
     def summary(self) -> dict[str, Any]:
         """What ``relspec info`` prints and the results JSON records."""
         return {
             "path": str(self.path) if self.path else None,
             "sha256": self.sha256(),
+            "content_sha256": self.content_sha256(),
             "count": len(self),
             "count_per_site": self.count_per_site(),
             "count_per_layer": {str(k): v for k, v in self.count_per_layer().items()},
@@ -307,3 +329,47 @@ def union_all(sets: list[NeuronSet]) -> NeuronSet:
     """One set to apply: the set itself when there is one (keeping its path and means)."""
     return sets[0] if len(sets) == 1 else sets[0].union(*sets[1:])
 
+
+
+def _values(s: NeuronSet, name: str) -> dict[tuple[int, str, int], float]:
+    """Every neuron's ``name`` value (scores, means or factors) where the set has them."""
+    return {(key[0], key[1], i): v for key, idx in s.neurons.items() if key in getattr(s, name)
+            for i, v in zip(idx.tolist(), getattr(s, name)[key].tolist())}
+
+
+def _flat(bag: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A metadata bag as dotted keys (``parameters.batch_size``); lists stay whole."""
+    flat: dict[str, Any] = {}
+    for key, value in bag.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def compare_sets(a: NeuronSet, b: NeuronSet) -> dict[str, Any]:
+    """How two sets differ in content (``content_sha256``: shape, neurons, factors) and otherwise
+    (file bytes, metadata keys, the largest difference of scores, means and factors on the shared neurons)."""
+    keys_a, keys_b = a.keys(), b.keys()
+    sites = [site for site in SITES if site in a.count_per_site() or site in b.count_per_site()]
+    extras = {}
+    for name in ("factors", "scores", "means"):
+        va, vb = _values(a, name), _values(b, name)
+        shared = va.keys() & vb.keys()
+        extras[name] = {"has": [bool(va), bool(vb)], "max_abs_diff": max((abs(va[k] - vb[k]) for k in shared), default=None)}
+    meta_a, meta_b = _flat(a.metadata), _flat(b.metadata)
+    model_a, model_b = (s.metadata.get("model") if isinstance(s.metadata.get("model"), Mapping) else {} for s in (a, b))
+    return {
+        "paths": [str(a.path) if a.path else None, str(b.path) if b.path else None],
+        "same_content": a.content_sha256() == b.content_sha256(),
+        "content_sha256": [a.content_sha256(), b.content_sha256()],
+        "same_file": a.sha256() == b.sha256(),
+        "sha256": [a.sha256(), b.sha256()],
+        "neurons": {"a": len(keys_a), "b": len(keys_b), "both": len(keys_a & keys_b),
+                    "only_a": len(keys_a - keys_b), "only_b": len(keys_b - keys_a)},
+        "count_per_site": {site: [a.count_per_site().get(site, 0), b.count_per_site().get(site, 0)] for site in sites},
+        "model_shape": {key: [model_a.get(key), model_b.get(key)] for key in SHAPE_KEYS},
+        **extras,
+        "metadata_differs": sorted(k for k in meta_a.keys() | meta_b.keys() if k not in meta_a or k not in meta_b or meta_a[k] != meta_b[k]),
+    }
