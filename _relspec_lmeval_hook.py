@@ -1,23 +1,18 @@
 """Import hook that plugs relspec-lmeval into a stock lm-eval 0.4.13.
 
-lm-eval 0.4.13 reads no entry points, so ``relspec_lmeval_hook.pth`` (installed with the
-wheel) imports this module at interpreter start. It only puts a finder on ``sys.meta_path``;
-the patches run when lm-eval's own modules are imported:
+lm-eval 0.4.13 reads no entry points, so ``relspec_lmeval_hook.pth`` (installed with the wheel)
+imports this module at interpreter start (``python -m relspec_lmeval.cli.lmeval`` installs it
+without the ``.pth``). Its finder on ``sys.meta_path`` patches four lm-eval modules as they are
+imported (docs/architecture.md): ``get_model`` learns ``relspec-hf`` (lazily: no torch until
+asked for); ``TaskManager`` indexes our task folder before the user's ``include_path``;
+``CachingLM`` salts its keys with the neuron sets' hash; ``HarnessCLI.execute`` runs the
+pre-flight (``relspec_lmeval.lm.preflight``) and turns a relspec-lmeval error into one
+``lm_eval: error: relspec-hf: …`` line, exit 2.
 
-* ``lm_eval.api.registry``: ``get_model`` learns ``relspec-hf`` (a lazy entry, so torch is
-  not imported until the model is asked for);
-* ``lm_eval.tasks.manager``: every ``TaskManager`` indexes our task folder, before the
-  user's ``include_path`` (keyword or positional) so users can still override our tasks; a
-  ``TaskManager.__init__`` without ``include_path`` is left alone (one warning line);
-* ``lm_eval.api.model``: ``CachingLM`` salts its keys with the applied neuron sets' hash,
-  so ``--use_cache`` never serves an unablated answer to an ablated run;
-* ``lm_eval._cli.harness``: a relspec-lmeval error (a bad ``neuron_set=``, a set of another
-  model, …) ends ``lm_eval`` as one ``lm_eval: error: relspec-hf: …`` line and exit status 2
-  instead of a traceback; every other error is lm-eval's own.
-
-This module must stay stdlib-only and cheap (it runs in every Python process of the
-environment), and must never break an import: every error is reduced to one warning line.
-``RELSPEC_DISABLE_HOOK=1`` turns it off.
+Wrappers pass every argument on and read the one they need by name (``_wrap``); an original
+without it stays unpatched, with one warning line. Stdlib only and cheap (it runs in every
+Python process of the environment); never breaks an import (every error is one warning line).
+``RELSPEC_DISABLE_HOOK=1`` turns it off (``install(force=True)`` overrides).
 """
 
 import os
@@ -31,95 +26,82 @@ def _warn(what, exc):
     sys.stderr.write(f"relspec-lmeval: import hook could not {what} ({type(exc).__name__}: {exc}); continuing without it\n")
 
 
-def _patch_registry(registry):
-    original = registry.get_model
+def _wrap(owner, attr, name, around):
+    """Replace ``owner.attr`` by a wrapper that calls ``around(original, call)``, ``call`` being
+    the arguments bound to the original's signature (``call.arguments[name]``; pass them on as
+    ``original(*call.args, **call.kwargs)``). Without a ``name`` parameter: the original stays."""
+    import functools  # here, not at the top: neither module is loaded at interpreter start
+    import inspect
 
-    def get_model(model_name):
-        if model_name == MODEL_NAME and MODEL_NAME not in registry.model_registry:
+    original, signature = getattr(owner, attr), ""
+    where = ".".join(filter(None, (getattr(owner, "__module__", None), owner.__name__, attr)))  # a class's module too
+    try:
+        signature = inspect.signature(original)
+        param = signature.parameters[name]
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            raise KeyError(name)
+    except (TypeError, ValueError, KeyError):
+        return _warn(f"patch {where}", TypeError(f"{attr}{signature} takes no {name!r} argument"))
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        try:
+            call = signature.bind(*args, **kwargs)
+        except TypeError:
+            return original(*args, **kwargs)  # arguments that do not fit: lm-eval's own error
+        return around(original, call)
+
+    setattr(owner, attr, wrapper)
+
+
+def _patch_registry(registry):
+    def get_model(original, call):
+        if call.arguments.get("model_name") == MODEL_NAME and MODEL_NAME not in registry.model_registry:
             # get_model fills lm-eval's built-in table only while it is empty, so fill it
             # first: registering ours into an empty table would hide --model hf.
             if len(registry.model_registry) == 0:
                 import lm_eval.models  # noqa: F401
             if MODEL_NAME not in registry.model_registry:
                 registry.model_registry.register(MODEL_NAME, target=MODEL_TARGET)
-        return original(model_name)
+        return original(*call.args, **call.kwargs)
 
-    get_model.__wrapped__ = original
-    get_model.__doc__ = original.__doc__
-    registry.get_model = get_model
+    _wrap(registry, "get_model", "model_name", get_model)
 
 
-def _include_path_position(init):
-    """Where ``include_path`` sits in ``init``'s ``*args`` (self excluded): an int, None when
-    it is keyword-only, or a string saying why the signature is not one we know."""
-    import inspect  # here, not at the top: this runs only when lm-eval's manager is imported
-
+def _with_our_tasks(include_path):
+    """``include_path`` with our task folder first (the user's folders come after it, and win)."""
     try:
-        signature = inspect.signature(init)
-    except (TypeError, ValueError) as exc:
-        return f"its __init__ signature cannot be read ({exc})"
-    params = list(signature.parameters.values())
-    names = [p.name for p in params]
-    if "include_path" not in names:
-        return f"__init__{signature} has no include_path parameter"
-    param = params[names.index("include_path")]
-    if param.kind is param.KEYWORD_ONLY:
-        return None
-    if param.kind is not param.POSITIONAL_OR_KEYWORD or params[0].kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-        return f"__init__{signature} takes include_path in a way the hook does not know"
-    return names.index("include_path") - 1  # self is not in *args
+        from relspec_lmeval.util.resources import task_dir
+
+        ours = task_dir()
+        user = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+        return include_path if ours in [str(p) for p in user] else [ours, *user]
+    except Exception as exc:  # never let our task folder break lm-eval
+        _warn("add the relspec task folder", exc)
+        return include_path
 
 
 def _patch_task_manager(manager):
-    cls = manager.TaskManager
-    original = cls.__init__
-    position = _include_path_position(original)
-    if isinstance(position, str):  # another lm-eval: leave its TaskManager alone
-        _warn("add the relspec task folder to TaskManager", TypeError(position))
-        return
+    def init(original, call):
+        call.arguments["include_path"] = _with_our_tasks(call.arguments.get("include_path"))
+        return original(*call.args, **call.kwargs)
 
-    def __init__(self, *args, **kwargs):
-        given_positionally = position is not None and len(args) > position
-        if given_positionally and "include_path" in kwargs:
-            return original(self, *args, **kwargs)  # lm-eval's own "multiple values" error
-        include_path = args[position] if given_positionally else kwargs.get("include_path")
-        try:
-            from relspec_lmeval.util.resources import task_dir
-
-            ours = task_dir()
-            if include_path is None:
-                user = []
-            elif isinstance(include_path, (list, tuple)):
-                user = list(include_path)
-            else:
-                user = [include_path]
-            if ours not in [str(p) for p in user]:
-                include_path = [ours, *user]
-        except Exception as exc:  # never let our task folder break lm-eval
-            _warn("add the relspec task folder", exc)
-        if given_positionally:
-            args = (*args[:position], include_path, *args[position + 1 :])
-        else:
-            kwargs["include_path"] = include_path
-        return original(self, *args, **kwargs)
-
-    __init__.__wrapped__ = original
-    cls.__init__ = __init__
+    _wrap(manager.TaskManager, "__init__", "include_path", init)
 
 
 def _patch_caching(model_module):
-    cls = model_module.CachingLM
-    original = cls.__init__
-
-    def __init__(self, lm, cache_db):
-        original(self, lm, cache_db)
+    def init(original, call):
+        original(*call.args, **call.kwargs)
+        lm, cache = call.arguments.get("lm"), call.args[0]
         salt = getattr(lm, "relspec_cache_salt", None)
         if salt:
-            self.dbdict = _SaltedDict(self.dbdict, salt)
-            lm.set_cache_hook(self.get_cache_hook())
+            try:
+                cache.dbdict = _SaltedDict(cache.dbdict, salt)
+                lm.set_cache_hook(cache.get_cache_hook())
+            except Exception as exc:
+                _warn("salt lm-eval's response cache with the neuron sets", exc)
 
-    __init__.__wrapped__ = original
-    cls.__init__ = __init__
+    _wrap(model_module.CachingLM, "__init__", "lm", init)
 
 
 class _SaltedDict:
@@ -147,21 +129,33 @@ def _is_relspec_error(exc):
     return any(c.__name__ == "RelspecError" and c.__module__ == "relspec_lmeval.errors" for c in type(exc).__mro__)
 
 
-def _patch_cli(harness):
-    cls = harness.HarnessCLI
-    original = cls.execute
+def _preflight(args):
+    """Check a ``relspec-hf`` run before lm-eval's slow start (task index, weights); a check that
+    breaks is one warning line, never a blocked run."""
+    if getattr(args, "model", None) != MODEL_NAME and not getattr(args, "config", None):
+        return  # lm-eval's own models (a --config file may name ours: the pre-flight reads it)
+    try:
+        from relspec_lmeval.lm.preflight import check_cli_args
 
-    def execute(self, args):
+        check_cli_args(args)
+    except Exception as exc:
+        if _is_relspec_error(exc):
+            raise
+        _warn("run the relspec-hf pre-flight", exc)
+
+
+def _patch_cli(harness):
+    def execute(original, call):
         try:
-            return original(self, args)
+            _preflight(call.arguments["args"])
+            return original(*call.args, **call.kwargs)
         except Exception as exc:
             if not _is_relspec_error(exc):
                 raise
             sys.stderr.write(f"lm_eval: error: {MODEL_NAME}: {exc}\n")
             raise SystemExit(2) from None
 
-    execute.__wrapped__ = original
-    cls.execute = execute
+    _wrap(harness.HarnessCLI, "execute", "args", execute)
 
 
 _PATCHES = {
@@ -170,6 +164,17 @@ _PATCHES = {
     "lm_eval.api.model": _patch_caching,
     "lm_eval._cli.harness": _patch_cli,
 }
+
+
+def _apply(module, patch):
+    """Run ``patch`` on ``module`` once (after its import, or from ``install(force=True)``)."""
+    if getattr(module, "_relspec_patched", False):
+        return
+    try:
+        patch(module)
+        module._relspec_patched = True
+    except Exception as exc:
+        _warn(f"patch {module.__name__}", exc)
 
 
 class _PatchingLoader:
@@ -182,10 +187,7 @@ class _PatchingLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        try:
-            self._patch(module)
-        except Exception as exc:
-            _warn(f"patch {module.__name__}", exc)
+        _apply(module, self._patch)
 
     def __getattr__(self, name):  # get_source, get_resource_reader, …
         return getattr(self._loader, name)
@@ -213,12 +215,16 @@ class _Finder:
             return None
 
 
-def install():
-    if os.environ.get("RELSPEC_DISABLE_HOOK", "") not in ("", "0"):
+def install(force=False):
+    """Put the finder on ``sys.meta_path`` (once). ``force`` (an entry point that asked for the
+    hook): even under ``RELSPEC_DISABLE_HOOK``, and patch lm-eval modules imported before now."""
+    if not force and os.environ.get("RELSPEC_DISABLE_HOOK", "") not in ("", "0"):
         return
-    if any(isinstance(f, _Finder) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _Finder())
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+    for name, patch in _PATCHES.items() if force else ():
+        if name in sys.modules:
+            _apply(sys.modules[name], patch)
 
 
 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import types
 import pytest
 
 import _relspec_lmeval_hook as hook
+from relspec_lmeval.errors import DataError, NeuronSetError
+from relspec_lmeval.lm import preflight
 from relspec_lmeval.util.resources import task_dir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,3 +124,121 @@ def test_patch_targets_exist_in_this_lm_eval(module):
     obj = getattr(mod, targets[module])
     patched = (obj.execute if module == "lm_eval._cli.harness" else obj.__init__) if isinstance(obj, type) else obj
     assert hasattr(patched, "__wrapped__")
+
+
+# ---------------------------------------------------------------- the lm_eval pre-flight
+
+
+def run_args(model_args: dict | str | None = None, tasks=("relation_recall_synthetic_person_father",), **extra) -> argparse.Namespace:
+    """What lm-eval 0.4.13's `run` parser gives HarnessCLI.execute (model_args and metadata already dicts)."""
+    values = {"command": "run", "model": "relspec-hf", "model_args": model_args, "tasks": list(tasks), "metadata": None, "config": None}
+    return argparse.Namespace(**{**values, **extra})
+
+
+def _fake_harness(calls: list) -> types.ModuleType:
+    module = types.ModuleType("fake_lm_eval_cli_harness")
+    module.HarnessCLI = type("HarnessCLI", (), {"execute": lambda self, args: calls.append(args)})
+    return module
+
+
+def test_preflight_refuses_a_bad_set_before_lm_eval_runs(capsys):
+    calls: list = []
+    module = _fake_harness(calls)
+    hook._patch_cli(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.HarnessCLI().execute(run_args({"pretrained": "relspec-tiny", "neuron_set": "/nonexistent"}))
+    assert exit_info.value.code == 2 and calls == []  # lm-eval's own execute never started
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lm_eval: error: relspec-hf: neuron-set file not found: '/nonexistent'")
+    for bad, message in (({"mode": "zap"}, "unknown mode 'zap'"), ({"mode": "scale"}, "mode=scale needs factor"),
+                         ({"positions": "last", "ablate_with": "weights"}, "needs hooks"), ({"allow_empty": "maybe"}, "allow_empty")):
+        with pytest.raises(NeuronSetError, match=message):
+            preflight.check_cli_args(run_args({"pretrained": "relspec-tiny", **bad}))
+
+
+def test_preflight_checks_a_set_against_the_model_config():
+    with pytest.raises(NeuronSetError):  # a set of gemma-3-270m does not fit relspec-tiny
+        preflight.check_cli_args(run_args({"pretrained": "relspec-tiny", "neuron_set": "gemma-3-270m/company_hq"}))
+    preflight.check_cli_args(run_args({"pretrained": "relspec-tiny", "neuron_set": "relspec-tiny/person_father", "mode": "zero"}))
+
+
+def test_preflight_reads_a_config_file(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("model: relspec-hf\nmodel_args: pretrained=relspec-tiny,neuron_set=/nonexistent\ntasks: relation_recall\n")
+    with pytest.raises(NeuronSetError, match="/nonexistent"):
+        preflight.check_cli_args(run_args(None, (), model=None, config=str(config)))
+
+
+def test_preflight_leaves_other_models_and_tasks_alone(lre_env, tmp_path):
+    preflight.check_cli_args(run_args({"neuron_set": "/nonexistent"}, model="hf"))  # not ours to check
+    preflight.check_cli_args(run_args({"pretrained": "relspec-tiny"}, ("hellaswag", str(tmp_path / "my_task.yaml"))))
+    preflight.check_cli_args(run_args({"pretrained": "relspec-tiny"}, ("relation_recall", "relation_ppl_synthetic*")))
+
+
+@pytest.mark.parametrize("where", ["empty RELSPEC_LRE_DIR", "offline cache", "failed download"])
+def test_preflight_names_the_file_a_task_needs(where, monkeypatch, tmp_path):
+    monkeypatch.delenv("RELSPEC_LRE_DIR", raising=False)
+    monkeypatch.setenv("RELSPEC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RELSPEC_OFFLINE", "1")
+    (tmp_path / "empty").mkdir()
+    if where == "empty RELSPEC_LRE_DIR":
+        monkeypatch.setenv("RELSPEC_LRE_DIR", str(tmp_path / "empty"))
+    elif where == "failed download":
+        monkeypatch.delenv("RELSPEC_OFFLINE")
+        monkeypatch.setenv("RELSPEC_LRE_URL", (tmp_path / "empty").as_uri())  # a mirror without the files
+    args = run_args({"pretrained": "relspec-tiny"}, ("relation_recall_product_company",))
+    with pytest.raises(DataError, match="task relation_recall_product_company needs the relation file product_by_company.json") as info:
+        preflight.check_cli_args(args)
+    assert "city_in_country" not in str(info.value)  # the alphabetically first file, which this task does not read
+    if where == "failed download":
+        assert "Could not download" in str(info.value) and "product_by_company.json:" in str(info.value)
+
+
+def test_preflight_that_breaks_warns_and_continues(monkeypatch, capsys):
+    def broken(args):
+        raise RuntimeError("lm-eval changed its namespace")
+
+    monkeypatch.setattr(preflight, "check_cli_args", broken)
+    calls: list = []
+    module = _fake_harness(calls)
+    hook._patch_cli(module)
+    module.HarnessCLI().execute(run_args({"pretrained": "relspec-tiny"}))
+    assert len(calls) == 1  # the run goes on
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not run the relspec-hf pre-flight (RuntimeError: lm-eval changed its namespace)" in err
+
+
+def test_entry_without_the_pth_fails_a_bad_set_fast():
+    """`python -m relspec_lmeval.cli.lmeval` installs the hook although RELSPEC_DISABLE_HOOK=1
+    turned the .pth's off: the bad set is one line and exit 2 before lm-eval's run starts."""
+    argv = ["run", "--model", "relspec-hf", "--model_args", "pretrained=relspec-tiny,neuron_set=/nonexistent",
+            "--tasks", "relation_recall_synthetic_person_father", "--device", "cpu"]
+    code = (
+        "import runpy, sys, time\n"
+        f"sys.argv = ['lmeval', *{argv!r}]\n"
+        "start = time.perf_counter()\n"
+        "try:\n    runpy.run_module('relspec_lmeval.cli.lmeval', run_name='__main__')\n"
+        "except SystemExit as exc:\n    status = exc.code\n"
+        "import lm_eval.api.registry as registry, lm_eval.tasks.manager as manager\n"
+        "print(status, 'lm_eval.evaluator' in sys.modules, hasattr(registry.get_model, '__wrapped__'),"
+        " hasattr(manager.TaskManager.__init__, '__wrapped__'), round(time.perf_counter() - start, 1))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": REPO_ROOT, "RELSPEC_DISABLE_HOOK": "1"})
+    status, evaluator, registry, manager, seconds = result.stdout.split()
+    assert (status, evaluator, registry, manager) == ("2", "False", "True", "True"), result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lm_eval: error: relspec-hf: neuron-set file not found: '/nonexistent'"), lines
+    print(f"entry: failed after {seconds} s")
+
+
+def test_relspec_lm_eval_subcommand_hands_every_argument_to_lm_eval(monkeypatch):
+    from relspec_lmeval.cli import lmeval
+
+    seen = []
+    monkeypatch.setattr(lmeval, "main", lambda argv: seen.append(argv) or 0)
+    parser = argparse.ArgumentParser(prog="relspec")
+    lmeval.add_parser(parser.add_subparsers(dest="command", required=True))
+    for argv in (["--model", "relspec-hf", "--tasks", "relation_recall", "-h"], ["ls", "tasks"], ["--help"], []):
+        args = parser.parse_args(["lm-eval", *argv])
+        assert args.func(args) == 0 and seen[-1] == argv

@@ -13,6 +13,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from relspec_lmeval.errors import LREDataError
@@ -78,8 +79,9 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _missing(folder: Path) -> list[str]:
-    return [name for name in LRE_SHA256 if not (folder / name).is_file()]
+def _missing(folder: Path, needed: Sequence[str] = ()) -> list[str]:
+    """The pinned files not in ``folder``, those in ``needed`` first: a failed download names the file a task reads."""
+    return sorted((name for name in LRE_SHA256 if not (folder / name).is_file()), key=lambda name: name not in needed)
 
 
 def _download(folder: Path, names: list[str]) -> None:
@@ -100,8 +102,8 @@ def _download(folder: Path, names: list[str]) -> None:
         atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))  # readers never see half a file
 
 
-def fetch_pinned_lre() -> Path:
-    """The cache folder with all pinned files, downloading what is missing (once, under a lock)."""
+def fetch_pinned_lre(needed: Sequence[str] = ()) -> Path:
+    """The cache folder with all pinned files, downloading what is missing (once, under a lock; ``needed`` first)."""
     folder = cache_dir()
     if not _missing(folder):
         return folder
@@ -114,17 +116,18 @@ def fetch_pinned_lre() -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f"{LRE_COMMIT}.lock"), timeout=900):
-        missing = _missing(folder)  # another process may have finished meanwhile
+        missing = _missing(folder, needed)  # another process may have finished meanwhile
         if missing:
             _download(folder, missing)
     return folder
 
 
-def resolve_lre_dir(data_dir: str | Path | None = None) -> Path:
-    """The folder to read LRE files from: ``data_dir``, else $RELSPEC_LRE_DIR, else the pinned cache."""
+def resolve_lre_dir(data_dir: str | Path | None = None, needed: Sequence[str] = ()) -> Path:
+    """The folder to read LRE files from: ``data_dir``, else $RELSPEC_LRE_DIR, else the pinned cache
+    (``needed``: the file names a task reads, downloaded first)."""
     if data_dir:
         return _checked_dir(data_dir, "lre_dir")
     env = os.environ.get("RELSPEC_LRE_DIR")
     if env:
         return _checked_dir(env, "RELSPEC_LRE_DIR")
-    return fetch_pinned_lre()
+    return fetch_pinned_lre(needed)

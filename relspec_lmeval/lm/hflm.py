@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.lm.ablation import Ablation, AblationSpec, apply_ablation, check_mode_fits
+from relspec_lmeval.lm.ablation import Ablation, apply_ablation
 from relspec_lmeval.lm.positions import PositionMask, Row, plan_chunks
-from relspec_lmeval.modelio.load import load_config, resolve_pretrained
+from relspec_lmeval.lm.preflight import NOT_GIVEN, check_model_args, check_sets
+from relspec_lmeval.modelio.load import resolve_pretrained
 from relspec_lmeval.modelio.sites import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.sets.resolve import load_sets
@@ -38,16 +39,6 @@ from relspec_lmeval.sets.shape import ModelShape
 __all__ = ["RESULTS_KEY", "RelspecHFLM"]
 
 RESULTS_KEY = "relspec"
-_NOT_GIVEN = object()  # neuron_set left out (the unmodified model), as opposed to neuron_set=none
-
-
-def _flag(value: Any, name: str) -> bool:
-    """lm-eval passes true/false as bool from the CLI and the Python parser alike; accept their text too."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise NeuronSetError(f"{name} must be true or false, got {value!r}")
 
 
 @register_model("relspec-hf")
@@ -55,7 +46,7 @@ class RelspecHFLM(HFLM):
     def __init__(
         self,
         pretrained: Any,
-        neuron_set: Any = _NOT_GIVEN,
+        neuron_set: Any = NOT_GIVEN,
         mode: str = "zero",
         factor: float | None = None,
         ablate_with: str = "auto",
@@ -78,27 +69,24 @@ class RelspecHFLM(HFLM):
         Raises ``NeuronSetError`` (an empty ``neuron_set=`` value, a missing or malformed file,
         a set of another model shape, a bad mode or factor) before the weights are loaded.
         """
-        # Everything that can be wrong with the set is checked before the (slow) model load.
-        self.relspec_spec = AblationSpec(mode=mode, factor=factor, method=ablate_with, positions=positions)
+        # Everything that can be wrong with the set is checked before the (slow) model load
+        # (lm.preflight: the lm_eval command runs the same check before its own slow start).
+        gguf_file = kwargs.pop("gguf_file", None)  # a GGUF model loads from its cached plain checkpoint
+        checked = check_model_args(pretrained, neuron_set, mode, factor, ablate_with, allow_empty, positions, kwargs.get("revision"), gguf_file)
+        self.relspec_spec = checked.spec
         self.relspec_positions = PositionMask(positions) if positions != "all" else None
         self._relspec_rows: list[Row] | None = None  # the rows of the next _model_call (positions != all)
         self._relspec_rolling = False
-        self.relspec_allow_empty = _flag(allow_empty, "allow_empty")
-        self.relspec_sets: list[NeuronSet] = [] if neuron_set is _NOT_GIVEN else load_sets(neuron_set)
+        self.relspec_allow_empty = checked.allow_empty
+        self.relspec_sets: list[NeuronSet] = checked.sets
         self.relspec_ablation: Ablation | None = None
-        gguf_file = kwargs.pop("gguf_file", None)  # a GGUF model loads from its cached plain checkpoint
-        if self.relspec_sets and isinstance(pretrained, str):
-            config = load_config(pretrained, kwargs.get("revision"), gguf_file)
-            self._check_sets(self.relspec_sets, ModelShape.from_config(config))
         self.relspec_source = {"pretrained": str(pretrained), "gguf_file": gguf_file} if gguf_file else None
         super().__init__(pretrained=resolve_pretrained(pretrained, gguf_file), **kwargs)
         if self.relspec_sets:
             self.set_neuron_sets(self.relspec_sets)
 
     def _check_sets(self, sets: Sequence[NeuronSet], shape: ModelShape) -> None:
-        for s in sets:
-            s.validate(shape, allow_empty=self.relspec_allow_empty)
-            check_mode_fits(s, self.relspec_spec)
+        check_sets(sets, shape, self.relspec_spec, self.relspec_allow_empty)
 
     def set_neuron_sets(self, neuron_sets: str | Sequence[NeuronSet] | None) -> None:
         """Switch to other neurons in place: undo the current ablation, apply ``neuron_sets``
@@ -129,7 +117,12 @@ class RelspecHFLM(HFLM):
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
     def relspec_info(self) -> dict[str, Any]:
-        """The documented ``relspec`` block of the results JSON (see docs/file-format.md)."""
+        """The documented ``relspec`` block of the results JSON (see docs/file-format.md).
+
+        ``count``, ``count_per_site`` and ``content_sha256`` are those of the neurons applied:
+        the union of the sets (``A+B`` of overlapping sets switches a shared neuron off once);
+        ``overlap`` is the sets' counts summed minus ``count``."""
+        applied = union_all(self.relspec_sets) if self.relspec_sets else None
         return {
             "package_version": __version__,
             **({"model_source": self.relspec_source} if self.relspec_source else {}),
@@ -137,14 +130,18 @@ class RelspecHFLM(HFLM):
                 {
                     "path": str(s.path),
                     "sha256": s.sha256(),
+                    "content_sha256": s.content_sha256(),
                     "count": len(s),
                     "count_per_site": s.count_per_site(),
                     "metadata": s.metadata,
                 }
                 for s in self.relspec_sets
             ],
-            "count": sum(len(s) for s in self.relspec_sets) if self.relspec_sets else 0,
-            "empty": bool(self.relspec_sets) and not any(len(s) for s in self.relspec_sets),
+            "count": len(applied) if applied is not None else 0,
+            "count_per_site": applied.count_per_site() if applied is not None else {},
+            "overlap": sum(len(s) for s in self.relspec_sets) - len(applied) if applied is not None else 0,
+            "content_sha256": applied.content_sha256() if applied is not None else None,
+            "empty": applied is not None and not len(applied),
             "mode": self.relspec_spec.mode if self.relspec_sets else None,
             "factor": self.relspec_spec.factor,
             "positions": self.relspec_spec.positions if self.relspec_sets else None,

@@ -45,7 +45,7 @@ def resource_dir(name: str) -> Path:
 
 
 def task_dir() -> str:
-    """The lm-eval task folder (also the ``lm_eval.tasks`` entry point newer lm-eval reads)."""
+    """The lm-eval task folder (the import hook adds it to every ``TaskManager``'s ``include_path``)."""
     return str(resource_dir("tasks"))
 
 
