@@ -321,3 +321,23 @@ def test_is_correct_lenient(generated, golds, expected):
     assert is_correct_lenient(generated, golds) is expected
     if expected is False:
         assert is_correct(generated, golds) is False  # lenient never rejects what the paper accepts
+
+
+@pytest.mark.parametrize("offline", [False, True])
+@pytest.mark.parametrize("build", ["recall", "choice", "ppl"])
+def test_a_failed_download_names_the_file_the_task_reads(build, offline, monkeypatch, tmp_path):
+    """The Python API path (simple_evaluate's custom_dataset) as the lm_eval pre-flight does: not city_in_country.json."""
+    from relspec_lmeval.data.choice import custom_choice_dataset
+    from relspec_lmeval.data.relations import custom_dataset, custom_ppl_dataset
+    from relspec_lmeval.errors import DataError
+
+    monkeypatch.delenv("RELSPEC_LRE_DIR", raising=False)
+    monkeypatch.setenv("RELSPEC_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("RELSPEC_LRE_URL", (tmp_path / "empty").as_uri())  # a mirror without the files
+    if not offline:
+        monkeypatch.delenv("RELSPEC_OFFLINE")
+    loader = {"recall": custom_dataset, "choice": custom_choice_dataset, "ppl": custom_ppl_dataset}[build]
+    with pytest.raises(DataError, match="product_by_company.json") as info:
+        loader(relation="product_company")
+    assert "city_in_country" not in str(info.value)

@@ -146,6 +146,18 @@ def test_relspec_hf_refuses_an_overflowing_factor(tiny_llama_dir, tmp_path):
         RelspecHFLM(pretrained=str(tiny_llama_dir), device="cpu", neuron_set=str(path), mode="scale", factor=1e39)
 
 
+def test_relspec_hf_refuses_a_factor_the_dtype_cannot_hold_before_loading(tiny_llama_dir, tmp_path, monkeypatch):
+    import transformers
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    path = SET.save(tmp_path / "s.safetensors")
+    with pytest.raises(NeuronSetError, match="not a finite number in float16"):
+        RelspecHFLM(pretrained=str(tiny_llama_dir), device="cpu", neuron_set=str(path), mode="scale", factor=7e4, dtype="float16")
+
+
 def test_export_refuses_a_factor_the_dtype_cannot_hold_before_loading(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     import transformers
 

@@ -57,4 +57,4 @@ def custom_choice_dataset(
     lre_dir: str | None = None, **_metadata: Any,
 ):
     """lm-eval ``custom_dataset`` for the choice tasks (same data location rules as recall)."""
-    return as_dataset(build_choice_docs(relation, split, template_set, language, task_data_dir(data_dir, lre_dir)))
+    return as_dataset(build_choice_docs(relation, split, template_set, language, task_data_dir(data_dir, lre_dir, relation)))

@@ -94,7 +94,7 @@ def custom_logprob_dataset(
             "--model_args pretrained=NAME, or pass --metadata '{\"tokenizer\": \"NAME\"}'"
         )
     loaded = _tokenizer(name, revision, None if tokenizer else gguf_file)
-    return as_dataset(build_logprob_docs(relation, loaded, split, template_set, language, task_data_dir(data_dir, lre_dir)))
+    return as_dataset(build_logprob_docs(relation, loaded, split, template_set, language, task_data_dir(data_dir, lre_dir, relation)))
 
 
 def process_logprob_results(doc: dict, results: list) -> dict[str, float]:

@@ -108,10 +108,9 @@ def fetch_pinned_lre(needed: Sequence[str] = ()) -> Path:
     if not _missing(folder):
         return folder
     if env_flag("RELSPEC_OFFLINE"):
-        raise LREDataError(
-            f"LRE relation files are not in the cache {folder} and RELSPEC_OFFLINE is set, "
-            f"so they are not downloaded. {HOW_TO_POINT}"
-        )
+        absent = [name for name in needed if not (folder / name).is_file()]
+        what = f"the LRE relation file {', '.join(absent)} is" if absent else "LRE relation files are"
+        raise LREDataError(f"{what} not in the cache {folder} and RELSPEC_OFFLINE is set, so they are not downloaded. {HOW_TO_POINT}")
     from filelock import FileLock
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -77,8 +77,14 @@ def available_relations(data_dir: str | Path | None = None) -> list[str]:
     return sorted(_relation_files(resolve_lre_dir(data_dir)))
 
 
+def _needed(relation: str) -> tuple[str, ...]:
+    """The LRE file a paper relation reads: downloaded first, so that a failed download names it."""
+    spec = PAPER_RELATIONS.get(relation)
+    return (spec.file,) if spec else ()
+
+
 def _load_relation(relation: str, data_dir) -> tuple[str, Path, dict, RelationSpec | None]:
-    files = _relation_files(resolve_lre_dir(data_dir))
+    files = _relation_files(resolve_lre_dir(data_dir, needed=_needed(relation)))
     # the LRE file stem of a paper relation ("landmark_on_continent") is an alias
     name = _PAPER_FILES.get(relation + ".json", relation) if relation not in files else relation
     if name not in files:
@@ -228,10 +234,10 @@ def docs_hash(docs: Iterable[Mapping[str, Any]]) -> str:
 # ---------------------------------------------------------------- lm-eval hooks
 
 
-def task_data_dir(data_dir: str | None, lre_dir: str | None) -> Path:
-    """A task's ``data_dir`` (relative: to the package's resource folders), else LRE."""
+def task_data_dir(data_dir: str | None, lre_dir: str | None, relation: str | None = None) -> Path:
+    """A task's ``data_dir`` (relative: to the package's resource folders), else LRE (``relation``'s file first)."""
     if not data_dir:
-        return resolve_lre_dir(lre_dir)
+        return resolve_lre_dir(lre_dir, needed=_needed(relation) if relation else ())
     path = Path(data_dir).expanduser()
     if not path.is_absolute():
 
@@ -256,7 +262,7 @@ def custom_dataset(
     **_metadata: Any,  # lm-eval passes model args and the task's metadata too
 ):
     """lm-eval ``custom_dataset`` for recall tasks; ``dataset_kwargs`` pick the docs."""
-    folder = task_data_dir(data_dir, lre_dir)
+    folder = task_data_dir(data_dir, lre_dir, relation)
     return as_dataset(build_docs(relation, split, template_set, language, folder))
 
 
@@ -264,4 +270,4 @@ def custom_ppl_dataset(
     relation: str, data_dir: str | None = None, lre_dir: str | None = None, **_metadata: Any
 ):
     """lm-eval ``custom_dataset`` for the relation-neutral perplexity tasks."""
-    return as_dataset(build_ppl_docs(relation, task_data_dir(data_dir, lre_dir)))
+    return as_dataset(build_ppl_docs(relation, task_data_dir(data_dir, lre_dir, relation)))

@@ -72,7 +72,8 @@ class RelspecHFLM(HFLM):
         # Everything that can be wrong with the set is checked before the (slow) model load
         # (lm.preflight: the lm_eval command runs the same check before its own slow start).
         gguf_file = kwargs.pop("gguf_file", None)  # a GGUF model loads from its cached plain checkpoint
-        checked = check_model_args(pretrained, neuron_set, mode, factor, ablate_with, allow_empty, positions, kwargs.get("revision"), gguf_file)
+        checked = check_model_args(pretrained, neuron_set, mode, factor, ablate_with, allow_empty, positions, kwargs.get("revision"), gguf_file,
+                                   kwargs.get("dtype", "auto"))
         self.relspec_spec = checked.spec
         self.relspec_positions = PositionMask(positions) if positions != "all" else None
         self._relspec_rows: list[Row] | None = None  # the rows of the next _model_call (positions != all)

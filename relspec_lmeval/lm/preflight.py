@@ -35,7 +35,7 @@ __all__ = ["NOT_GIVEN", "CheckedArgs", "check_cli_args", "check_model_args", "ch
 MODEL_NAME = "relspec-hf"
 NOT_GIVEN: Any = object()  # neuron_set left out (the unmodified model), as opposed to neuron_set=none
 # the model_args check_model_args reads; every other one is HFLM's
-_MODEL_ARGS = ("pretrained", "neuron_set", "mode", "factor", "ablate_with", "allow_empty", "positions", "revision", "gguf_file")
+_MODEL_ARGS = ("pretrained", "neuron_set", "mode", "factor", "ablate_with", "allow_empty", "positions", "revision", "gguf_file", "dtype")
 
 
 def flag(value: Any, name: str) -> bool:
@@ -77,11 +77,13 @@ def check_model_args(
     positions: str = "all",
     revision: str | None = None,
     gguf_file: str | None = None,
+    dtype: Any = "auto",
 ) -> CheckedArgs:
     """``relspec-hf``'s arguments, checked without the weights: ``NeuronSetError`` for a bad mode,
     factor, method, positions or flag, a missing or malformed set; ``ModelError`` or
-    ``NeuronSetError`` when a set does not fit the config of a ``pretrained`` given by name."""
-    from relspec_lmeval.lm.ablation import AblationSpec
+    ``NeuronSetError`` when a set does not fit the config of a ``pretrained`` given by name, or a
+    factor is not finite in the ``dtype`` the model will load in."""
+    from relspec_lmeval.lm.ablation import AblationSpec, check_factor_fits, planned_dtype
     from relspec_lmeval.sets.resolve import load_sets
 
     spec = AblationSpec(mode=mode, factor=factor, method=ablate_with, positions=positions)
@@ -94,6 +96,8 @@ def check_model_args(
 
         config = load_config(pretrained, revision, gguf_file)
         check_sets(sets, ModelShape.from_config(config), spec, allow)
+    if sets:
+        check_factor_fits(spec, sets, planned_dtype(dtype, config))
     return CheckedArgs(spec, allow, sets, config)
 
 
