@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-__all__ = ["batch_size", "command_line", "int_list"]
+__all__ = ["batch_size", "command_line", "int_list", "positive_int"]
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -28,6 +28,17 @@ def batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count such as ``--k``: checked by argparse, so the error comes before any file or torch loads."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
     return value
 
 

@@ -6,12 +6,14 @@ import argparse
 from typing import Any
 
 from relspec_lmeval.cli.common import batch_size, command_line, int_list
-from relspec_lmeval.experiments.plan import KS, QUICK, SEEDS, ReproduceConfig
+from relspec_lmeval.experiments.study import KS, QUICK, SEEDS  # torch-free: the flags parse without it
 
 __all__ = ["add_parser"]
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from relspec_lmeval.experiments.plan import ReproduceConfig  # torch: only when run
+
     cfg = ReproduceConfig(
         model=args.model, neuron_sets=args.neuron_sets, suite=args.suite, out=args.out, relations=args.relations,
         seeds=args.seeds, ks=args.ks, limit=args.limit, det_limit=args.det_limit, quick=args.quick,
@@ -42,7 +44,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--det-limit", type=int, default=None, help="documents per P^det task (default: all; --quick 100)")
     p.add_argument("--quick", action="store_true", help="smaller plan: 3 seeds, k 50,500,3000, limit 20, P^det limit 100")
     p.add_argument("--batch-size", type=batch_size, default=16, help="lm-eval batch size, or 'auto' (default 16)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: lm-eval's, cuda when available)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu … (default: cuda when available, else cpu; said on stderr)")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     p.add_argument("--gguf-file", default=None, metavar="NAME", help="with --model a folder: the GGUF file in it to load")
     p.add_argument("--lre-dir", default=None, help="folder of the LRE files (else RELSPEC_LRE_DIR or the download cache)")

@@ -31,11 +31,11 @@ from relspec_lmeval.data import relations as rel
 from relspec_lmeval.data.choice import custom_choice_dataset
 from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
 from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
-from relspec_lmeval.experiments.study import Condition
+from relspec_lmeval.experiments.study import KS, QUICK, SEEDS, Condition
 from relspec_lmeval.identify.controls import random_sets, select_sets
 from relspec_lmeval.identify.draws import holds_plain_draw
 from relspec_lmeval.identify.pool import parse_relations
-from relspec_lmeval.modelio.load import load_config
+from relspec_lmeval.modelio.load import default_device, load_config
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.scores import load_scores
@@ -45,9 +45,6 @@ from relspec_lmeval.util.resources import refuse_shipped, resource_dir
 
 __all__ = ["KS", "QUICK", "SEEDS", "Inputs", "ReproduceConfig", "Run", "build_plan", "make_sets", "prepare"]
 
-KS = (10, 50, 200, 500, 1000, 3000, 10000, 20000, 50000)  # the paper's k sweep
-SEEDS = 10  # random controls per relation, as in the paper
-QUICK = {"seeds": 3, "ks": (50, 500, 3000), "limit": 20, "det_limit": 100}
 
 @dataclass
 class ReproduceConfig:
@@ -262,6 +259,7 @@ def prepare(cfg: ReproduceConfig) -> Inputs:
         raise UsageError(f"unknown suite {cfg.suite!r}; choose one of {', '.join(SUITES)}")
     suite = SUITES[cfg.suite]
     seed_count, ks, limit, det_limit = _settings(cfg)
+    default_device(cfg.device)  # a --device torch cannot use: said now, not after the sets are made
     sets_dir = _sets_dir(cfg.neuron_sets)
     out = Path(cfg.out).expanduser()
     refuse_shipped(out, "--out")

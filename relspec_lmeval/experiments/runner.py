@@ -21,43 +21,73 @@ from typing import Any
 from relspec_lmeval.experiments.plan import Inputs, ReproduceConfig, Run, build_plan, make_sets, prepare
 from relspec_lmeval.experiments.report import write_report
 from relspec_lmeval.experiments.study import Condition, Measurement, SetStats, Study
+from relspec_lmeval.modelio.load import default_device, say_device
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.util.files import atomic_write_text
 from relspec_lmeval.util.progress import progress
 
-__all__ = ["collect", "evaluate_run", "lm_eval_command", "load_lm", "reproduce", "run_plan"]
+__all__ = ["collect", "evaluate_run", "lm_eval_command", "lm_kwargs", "load_lm", "reproduce", "run_plan"]
+
+
+def _git_hash() -> str | None:
+    """lm-eval's ``get_git_commit_hash`` without its noise: it runs ``git describe --always``
+    with stderr not captured, so every run outside a git repository printed ``fatal: not a git
+    repository``. Same value: git's answer, else lm-eval's own reading of ``./.git``."""
+    import os
+    import subprocess
+
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, check=True)  # noqa: S607 - as lm-eval
+        return done.stdout.decode().strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
 
 
 @contextlib.contextmanager
 def _lm_eval_session() -> Iterator[None]:
-    """lm-eval adds ``torch.utils.collect_env`` output to every result, which runs ``pip list``
-    (~2 s a call); the environment is the same for every run of a plan, so collect it once."""
+    """What lm-eval adds to every result is the same for every run of a plan, so it is
+    collected once: the environment (``torch.utils.collect_env`` runs ``pip list``, ~2 s a call)
+    and the git hash (``_git_hash``, asked quietly)."""
     import lm_eval.evaluator as evaluator
 
-    original = evaluator.add_env_info
+    originals = evaluator.add_env_info, evaluator.get_git_commit_hash
     env: dict[str, Any] = {}
+    git: list[str | None] = []
 
     def add_env_info(storage: dict[str, Any]) -> None:
         if not env:
-            original(env)
+            originals[0](env)
         storage.update(env)
 
-    evaluator.add_env_info = add_env_info
+    def get_git_commit_hash() -> str | None:
+        if not git:
+            git.append(_git_hash())
+        return git[0]
+
+    evaluator.add_env_info, evaluator.get_git_commit_hash = add_env_info, get_git_commit_hash
     try:
         yield
     finally:
-        evaluator.add_env_info = original
+        evaluator.add_env_info, evaluator.get_git_commit_hash = originals
+
+
+def lm_kwargs(cfg: ReproduceConfig) -> dict[str, Any]:
+    """``RelspecHFLM``'s arguments besides ``pretrained``. The device is always given (lm-eval's
+    default is ``"cuda"`` even on a CPU-only torch), chosen and said once by ``default_device``."""
+    device, why = default_device(cfg.device)
+    say_device("relspec reproduce", device, why, cfg.progress)
+    kwargs: dict[str, Any] = {"dtype": cfg.dtype, "batch_size": cfg.batch_size, "device": device}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    return kwargs
 
 
 def load_lm(cfg: ReproduceConfig):
     from relspec_lmeval.lm.hflm import RelspecHFLM  # imports lm-eval: only when runs are due
 
-    kwargs: dict[str, Any] = {"dtype": cfg.dtype, "batch_size": cfg.batch_size}
-    if cfg.gguf_file:
-        kwargs["gguf_file"] = cfg.gguf_file
-    if cfg.device:
-        kwargs["device"] = cfg.device
-    return RelspecHFLM(pretrained=cfg.model, **kwargs)
+    return RelspecHFLM(pretrained=cfg.model, **lm_kwargs(cfg))
 
 
 def lm_eval_command(cfg: ReproduceConfig, run: Run, chat: dict | None = None) -> str:
@@ -130,6 +160,8 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
                 # lm-eval prints a bar per task and request type; keep the one plan bar readable
                 with contextlib.nullcontext() if cfg.verbose else contextlib.redirect_stderr(captured):
                     record = evaluate_run(lm, task_manager, run, cfg, inp.chat, sets)
+            except KeyboardInterrupt:  # Ctrl-C: cli.main's one line, not lm-eval's captured bars
+                raise
             except BaseException:
                 sys.stderr.write(captured.getvalue())
                 raise

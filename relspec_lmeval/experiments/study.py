@@ -14,10 +14,14 @@ from typing import Any
 
 from relspec_lmeval.data.tasks import Suite, task_name
 
-__all__ = ["BASELINE", "NA", "Condition", "Measurement", "Row", "SetStats", "Study", "mean_present", "relative_drop", "value"]
+__all__ = ["BASELINE", "KS", "NA", "QUICK", "SEEDS", "Condition", "Measurement", "Row", "SetStats", "Study", "mean_present", "relative_drop", "value"]
 
 NA = "n/a"
 Row = dict[str, Any]
+# the study's size (experiments.plan uses them; here so that relspec's flags are parsed without torch)
+KS = (10, 50, 200, 500, 1000, 3000, 10000, 20000, 50000)  # the paper's k sweep
+SEEDS = 10  # random controls per relation, as in the paper
+QUICK = {"seeds": 3, "ks": (50, 500, 3000), "limit": 20, "det_limit": 100}
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,10 @@ import torch
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import SCORES_FORMAT, SCORES_FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
 from relspec_lmeval.sets.neuron_set import NeuronSet
-from relspec_lmeval.sets.shape import ModelShape
+from relspec_lmeval.sets.shape import SELECT_MODES, ModelShape
 from relspec_lmeval.util.files import StagedFiles
 
 __all__ = ["SELECT_MODES", "Scores", "load_scores", "neuron_set_from_scores", "save_scores", "select_flat"]
-
-SELECT_MODES = ("top", "both")
 
 
 # ---------------------------------------------------------------------------- selection

@@ -17,15 +17,16 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from relspec_lmeval.errors import NeuronSetError, UnsupportedModelError, UsageError
 from relspec_lmeval.util.suggest import did_you_mean
 
+if TYPE_CHECKING:  # torch loads where tensors are handled: parsing flags (relspec --help) needs none
+    import torch
+
 __all__ = [
-    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "FFN_SITES", "SHAPE_KEYS", "SITES", "ModelShape", "Site",
+    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "FFN_SITES", "SHAPE_KEYS", "SITES", "ModelShape", "SELECT_MODES", "Site",
     "config_fingerprint", "model_metadata", "parse_sites",
 ]
 
@@ -37,6 +38,7 @@ Site = tuple[int, str]  # (layer, site name)
 SHAPE_KEYS = ("num_layers", "hidden_size", "intermediate_size")  # the recorded shape in a file's ``model`` block
 # recorded too when a file has attention sites: the widths of q_proj (heads × head_dim) and k/v_proj (kv heads × head_dim)
 ATTENTION_KEYS = ("num_attention_heads", "num_key_value_heads", "head_dim")
+SELECT_MODES = ("top", "both")  # a cut of the flat order: the top k, or top k/2 + bottom k/2 (sets.scores; here: torch-free)
 
 
 def parse_sites(value: str | Iterable[str] | None, flag: str = "--sites") -> tuple[str, ...]:
@@ -216,10 +218,14 @@ class ModelShape:
         for layer, site, _, width in self.blocks():
             if parts[(layer, site)].shape[-1] != width:
                 raise NeuronSetError(f"layer {layer} {site}: {parts[(layer, site)].shape[-1]} values for width {width}")
+        import torch
+
         return torch.cat([parts[(layer, site)] for layer, site, _, _ in self.blocks()], dim=-1)
 
     def group(self, flat_index: torch.Tensor) -> dict[Site, torch.Tensor]:
         """Flat indices → channel indices per (layer, site) (positions into ``flat_index`` kept in order)."""
+        import torch
+
         flat_index = flat_index.to(torch.int64).cpu()
         out: dict[Site, torch.Tensor] = {}
         for layer, site, off, width in self.blocks():

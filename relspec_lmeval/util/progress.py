@@ -18,18 +18,19 @@ LOG_EVERY = 60.0  # seconds between lines in a log
 
 class _Lines:
     def __init__(self, total: int, desc: str, unit: str, stream: Any, initial: int = 0) -> None:
-        self.total, self.desc, self.unit, self.stream = total, desc, unit, stream
+        # a desc that names the command already ("relspec reproduce") is not prefixed twice
+        self.total, self.desc, self.unit, self.stream = total, desc if desc.startswith("relspec") else f"relspec: {desc}", unit, stream
         self.done = initial
         self.start = self.last = time.monotonic()
 
     def _line(self, what: str) -> None:
         elapsed = time.monotonic() - self.start
         rate = f", {self.done / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.done else ""
-        self.stream.write(f"relspec: {self.desc}: {what} {self.done}/{self.total} {self.unit}s, {elapsed:.0f} s{rate}\n")
+        self.stream.write(f"{self.desc}: {what} {self.done}/{self.total} {self.unit}s, {elapsed:.0f} s{rate}\n")
         self.stream.flush()
 
     def __enter__(self) -> _Lines:
-        self.stream.write(f"relspec: {self.desc}: {self.total} {self.unit}s\n")
+        self.stream.write(f"{self.desc}: {self.total} {self.unit}s\n")
         self.stream.flush()
         return self
 
