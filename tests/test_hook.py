@@ -242,3 +242,6 @@ def test_relspec_lm_eval_subcommand_hands_every_argument_to_lm_eval(monkeypatch)
     for argv in (["--model", "relspec-hf", "--tasks", "relation_recall", "-h"], ["ls", "tasks"], ["--help"], []):
         args = parser.parse_args(["lm-eval", *argv])
         assert args.func(args) == 0 and seen[-1] == argv
+    from relspec_lmeval.cli import main
+
+    assert main(["lm-eval", "ls", "groups", "--help"]) == 0 and seen[-1] == ["ls", "groups", "--help"]  # wired into relspec

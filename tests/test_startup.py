@@ -176,3 +176,13 @@ def test_lm_eval_git_hash_is_asked_quietly(tmp_path, monkeypatch, capfd):
         assert evaluator.get_git_commit_hash() is None and evaluator.get_git_commit_hash() is None
     assert evaluator.get_git_commit_hash is original
     assert capfd.readouterr().err == ""
+
+
+def test_relspec_hf_from_python_picks_cpu_without_cuda(tiny_llama_dir, monkeypatch):
+    """HFLM's own default is device="cuda"; RelspecHFLM(...) without a device must not need CUDA."""
+    import torch
+
+    from relspec_lmeval.lm.hflm import RelspecHFLM
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert RelspecHFLM(pretrained=str(tiny_llama_dir), batch_size=1).device.type == "cpu"

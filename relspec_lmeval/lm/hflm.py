@@ -30,7 +30,7 @@ from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.lm.ablation import Ablation, apply_ablation
 from relspec_lmeval.lm.positions import PositionMask, Row, plan_chunks
 from relspec_lmeval.lm.preflight import NOT_GIVEN, check_model_args, check_sets
-from relspec_lmeval.modelio.load import resolve_pretrained
+from relspec_lmeval.modelio.load import default_device, resolve_pretrained
 from relspec_lmeval.modelio.sites import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.sets.resolve import load_sets
@@ -82,6 +82,9 @@ class RelspecHFLM(HFLM):
         self.relspec_sets: list[NeuronSet] = checked.sets
         self.relspec_ablation: Ablation | None = None
         self.relspec_source = {"pretrained": str(pretrained), "gguf_file": gguf_file} if gguf_file else None
+        # HFLM's own default is "cuda", which a CPU-only torch cannot give, and lm_eval passes no
+        # device when --device is left out: cuda when available, else cpu (modelio.load.default_device)
+        kwargs["device"] = default_device(kwargs.get("device"))[0]  # HFLM logs "Using device …"
         super().__init__(pretrained=resolve_pretrained(pretrained, gguf_file), **kwargs)
         if self.relspec_sets:
             self.set_neuron_sets(self.relspec_sets)
