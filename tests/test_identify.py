@@ -113,8 +113,8 @@ def reference_identify(model_dir: Path, data: Path, relation: str, k: int, selec
     else:
         rest = order[k - k // 2 :]
         chosen = order[: k - k // 2] + sorted(rest, key=lambda j: (ap[j], keys[j][0], SITES.index(keys[j][1]), keys[j][2]))[: k // 2]
-    # the means are over the P^det the run passes through: the identified relation's (#14)
-    all_rows = [neuron_values(d["prompt"]) for d in pool.docs[relation]]
+    # the means are over the P^det of the whole pool, whichever relations are identified (#20)
+    all_rows = [neuron_values(d["prompt"]) for docs in pool.docs.values() for d in docs]
     means = [sum(row[j] for row in all_rows) / len(all_rows) for j in range(len(keys))]
     return {keys[j] for j in chosen}, dict(zip(keys, ap)), dict(zip(keys, means))
 
@@ -450,22 +450,22 @@ def test_answers_are_kept_and_not_generated_again(tiny_llama_dir, tmp_path, caps
     crafted, data = crafted_golds(tiny_llama_dir, tmp_path)
     generated = []
     real = correctness.generate_with_means
-    monkeypatch.setattr(correctness, "generate_with_means",
-                        lambda model, tok, enc, *a, **kw: (generated.append(len(enc)) if kw["generate"] else None) or real(model, tok, enc, *a, **kw))
+    monkeypatch.setattr(correctness, "generate_with_means",  # the prompts whose answers must be generated
+                        lambda model, tok, enc, *a, **kw: (generated.append(sum(kw["needed"])) if kw["generate"] else None) or real(model, tok, enc, *a, **kw))
     base = ["identify", "--model", str(tiny_llama_dir), "--data", str(data), "--quiet", "--min-positives", "1"]
     assert cli_main([*base, "--out", str(tmp_path / "a"), "--relations", "person_father", "--k", "20"]) == 0
     first = json.loads((tmp_path / "a" / "summary.json").read_text())
     det = first["relations"]["person_father"]["det_prompts"]
-    assert generated == [det] and first["answers_cached"] == 0
+    assert generated == [det] and "reused from" not in capsys.readouterr().err
     capsys.readouterr()
     assert cli_main([*base, "--out", str(tmp_path / "b"), "--relations", "person_father,person_mother", "--k", "30"]) == 3
     second = json.loads((tmp_path / "b" / "summary.json").read_text())
     mother = len(load_pool(str(data), None).docs["person_mother"])
-    assert generated == [det, mother] and second["answers_cached"] == det
+    assert generated[0] == det and 0 < generated[1] <= mother  # the answers of the first run's batches are all kept
     assert second["relations"]["person_father"]["correct"] == first["relations"]["person_father"]["correct"] == len(crafted)
-    assert f"{det} answers of the correctness check reused from" in capsys.readouterr().err
+    assert f"{det + mother - generated[1]} answers of the correctness check reused from" in capsys.readouterr().err
     assert cli_main([*base, "--out", str(tmp_path / "c"), "--relations", "person_father", "--k", "20", "--no-cache"]) == 0
-    assert generated == [det, mother, det]
+    assert generated[2:] == [det]
 
 
 def test_method_lape_writes_tangs_sets_on_the_gate_site(tiny_llama_dir, data_dir, tmp_path):

@@ -43,7 +43,6 @@ def test_identify_with_two_processes_writes_the_same_bytes(two_dirs):
     _run(argv, one, 1)
     _run(argv, two, 2)
     files = sorted(p.relative_to(one) for p in (one / "sets").rglob("*") if p.is_file())
-    assert json.loads((two / "sets" / "summary.json").read_text())["answers_cached"] == 0
     assert len(files) == 5  # two sets, two scores files, summary.json
     assert sorted(p.relative_to(two) for p in (two / "sets").rglob("*") if p.is_file()) == files
     for name in files:

@@ -58,10 +58,14 @@ def _cmd_identify(args: argparse.Namespace) -> int:
         command=command_line(args),
         progress=not args.quiet,
     )
+    cfg.check()  # flag errors before torch loads (the pipeline checks again)
     from relspec_lmeval.identify.pipeline import identify  # torch and transformers: only when run
+    from relspec_lmeval.identify.pool import parse_relations
 
     summary = identify(cfg)
-    print(f"wrote {len(summary['relations'])} neuron set(s), scores and summary.json to {cfg.out}")
+    asked = parse_relations(cfg.relations)  # the others in summary.json were kept from an earlier run
+    written = [r for r in summary["relations"] if not asked or r in asked]
+    print(f"wrote {len(written)} neuron set(s), scores and summary.json to {cfg.out}")
     if summary.get("skipped"):
         print(f"skipped {len(summary['skipped'])} relation(s) with too few positives (listed in summary.json); exit status {EXIT_SKIPPED}")
         return EXIT_SKIPPED
@@ -147,6 +151,11 @@ def add_parser(sub: Any) -> None:
         help="device memory for the activation matrix and AP (default: half the free GPU memory, 4 on CPU); "
         "a larger matrix stays in host memory and AP runs over neuron chunks",
     )
-    p.add_argument("--force", action="store_true", help="write into a folder holding sets of another model")
+    p.add_argument(
+        "--force", action="store_true",
+        help="replace what --out holds (sets of another model or with other parameters; their scores, random controls, re-cuts, "
+        "dampened sets and summary.json are removed when this run writes its first set); without it a run with the same "
+        "parameters adds its relations to the folder and any other is refused",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_identify)

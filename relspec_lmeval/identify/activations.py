@@ -10,11 +10,13 @@ over neurons, prompts or tokens.
 Two passes use it: ``activation_matrix`` (right-padded forward, one row per prompt: what AP
 is computed from) and ``generate_with_means`` (left-padded greedy generation for the
 correctness filter; the hooks fire in its prefill step only and add every prompt's row to
-a running per-neuron sum, so the means over all of P^det come for free).
+a running per-neuron sum, so the means over all of P^det come for free; a batch whose answers
+are cached runs the same prefill alone, so the sums never depend on the cache).
 
 Under ``accelerate launch`` each process takes every ``world``-th batch and the results are
-summed across processes (``accelerate.utils.reduce``/``gather_object``); models sharded with
-``device_map`` work because each hook moves its [batch, width] result to the buffer's device.
+summed across processes (``accelerate.utils.reduce``/``gather_object``; the prefill sums in batch
+order, ``Processes.add_in_order``); models sharded with ``device_map`` work because each hook
+moves its [batch, width] result to the buffer's device.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -60,6 +62,20 @@ class Processes:
 
     def mine(self, batches: Sequence[Any]) -> list[Any]:
         return list(batches[self.rank :: self.world])
+
+    def rounds(self, batches: Sequence[Any]) -> list[Any]:
+        """This process's batch of each round of ``world`` batches (``[]`` past the end: all take part in every round)."""
+        return [batches[i] if (i := step + self.rank) < len(batches) else [] for step in range(0, len(batches), self.world)]
+
+    def add_in_order(self, total: torch.Tensor, part: torch.Tensor | None) -> None:
+        """``total +=`` every process's ``part`` of this round in rank order, i.e. batch order: the float64
+        additions one process makes over the same batches, so the sums are bit for bit the same for any
+        number of processes (``part`` None: no batch here this round)."""
+        rows = torch.zeros((self.world, total.numel()), dtype=total.dtype, device=total.device)
+        if part is not None:
+            rows[self.rank] = part
+        for row in self.sum(rows):  # the other processes' rows are exact zeros here
+            total += row
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
@@ -326,71 +342,55 @@ def activation_matrix(
 
 @torch.inference_mode()
 def generate_with_means(
-    model: nn.Module,
-    tokenizer: Any,
-    encoded: Sequence[Sequence[int]],
-    layout: ModelShape | None,
-    *,
-    batch_size: int,
-    max_new_tokens: int = 2,
-    generate: bool = True,
-    processes: Processes | None = None,
-    desc: str = "correctness filter",
-    progress: bool = True,
-) -> tuple[list[str] | None, torch.Tensor | None]:
+    model: nn.Module, tokenizer: Any, encoded: Sequence[Sequence[int]], layout: ModelShape | None, *, batch_size: int,
+    max_new_tokens: int = 2, generate: bool = True, needed: Sequence[bool] | None = None, processes: Processes | None = None,
+    desc: str = "correctness filter", progress: bool = True,
+) -> tuple[list[str | None] | None, torch.Tensor | None]:
     """Greedy continuations (new tokens only, decoded) and the per-neuron sum of prompt means.
 
-    With ``generate=False`` only the sums are collected (one plain forward per batch).
-    ``layout=None`` skips the sums. Returns (texts or None, float64 [neurons] sum or None).
+    The batches are ``length_batches`` of all of ``encoded``, whatever ``needed`` says: only a batch
+    holding a prompt whose answer is ``needed`` generates (all its rows get their text, others stay
+    None); any other runs ``generate``'s prefill alone, ended after the last recorded site, so its
+    means are exactly those a generating batch records. ``generate=False``: sums only (a right-padded
+    forward per batch); ``layout=None``: no sums. Returns (texts or None, float64 [neurons] sum or None).
     """
+    from transformers import GenerationConfig
+
     processes = processes or Processes()
-    device = input_device(model)
-    pad = pad_token_id(tokenizer)
+    device, pad = input_device(model), pad_token_id(tokenizer)
     texts: list[str | None] = [None] * len(encoded)
     total = torch.zeros(layout.total, dtype=torch.float64, device=device) if layout is not None else None
-    mine = processes.mine(length_batches(encoded, batch_size))
-    generation_config = None
-    if generate:
-        from transformers import GenerationConfig
-
-        generation_config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        )
+    batches = length_batches(encoded, batch_size)
+    configs = [GenerationConfig(max_new_tokens=n, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                                bos_token_id=tokenizer.bos_token_id) for n in (max_new_tokens, 1) if generate]  # generating, prefill
     kwargs = forward_kwargs(model)
     recorder = ActivationRecorder(model, layout, device) if layout is not None else None
-    stop = stop_after(recorder.last_module) if recorder is not None and not generate else _Null()
-    with recorder if recorder is not None else _Null(), stop, _progress(
-        sum(len(b) for b in mine), desc, progress and processes.is_main
+    stop = stop_after(recorder.last_module) if recorder is not None and not generate else nullcontext()
+    with recorder if recorder is not None else nullcontext(), stop, _progress(
+        sum(len(b) for b in processes.mine(batches)), desc, progress and processes.is_main
     ) as bar:
-        for rows in mine:
-            ids, mask = pad_batch([encoded[i] for i in rows], pad, "left" if generate else "right", device)
-            if recorder is not None:
-                recorder.arm(mask)
-            if generate:
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation_config)
-                new = out[:, ids.shape[1] :].tolist()
-                for i, tokens in zip(rows, new):
-                    texts[i] = tokenizer.decode(tokens, skip_special_tokens=True)
-            else:  # means only: the pass may end at the last recorded site
-                forward_until(model, input_ids=ids, attention_mask=mask, **kwargs)
-            if recorder is not None and total is not None:
-                values = recorder.check()
-                _check_finite(values, desc)
-                total += values.sum(dim=0, dtype=torch.float64)
+        for rows in processes.rounds(batches):
+            answer = generate and bool(rows) and (needed is None or any(needed[i] for i in rows))
+            part = None
+            if rows and (answer or recorder is not None):
+                ids, mask = pad_batch([encoded[i] for i in rows], pad, "left" if generate else "right", device)
+                if recorder is not None:
+                    recorder.arm(mask)
+                if answer:
+                    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=configs[0])
+                    for i, tokens in zip(rows, out[:, ids.shape[1] :].tolist()):
+                        texts[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+                elif generate and recorder is not None:  # answers known: the same prefill, up to the last recorded site
+                    with stop_after(recorder.last_module):
+                        forward_until(model.generate, input_ids=ids, attention_mask=mask, generation_config=configs[1])
+                else:  # means only: the pass may end at the last recorded site
+                    forward_until(model, input_ids=ids, attention_mask=mask, **kwargs)
+                if recorder is not None:
+                    values = recorder.check()
+                    _check_finite(values, desc)
+                    part = values.sum(dim=0, dtype=torch.float64)
+            if total is not None:
+                processes.add_in_order(total, part)
             bar.update(len(rows))
-    if total is not None:
-        total = processes.sum(total).cpu()
-    if not generate:
-        return None, total
-    merged = processes.merge_lists(texts)
-    return [t if t is not None else "" for t in merged], total
-
-
-class _Null(AbstractContextManager):
-    def __exit__(self, *exc: Any) -> None:
-        return None
+    total = total.cpu() if total is not None else None
+    return (processes.merge_lists(texts) if generate else None), total

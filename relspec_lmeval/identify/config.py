@@ -9,8 +9,7 @@ from typing import Any
 
 from relspec_lmeval.data.metrics import METRICS
 from relspec_lmeval.errors import UsageError
-from relspec_lmeval.sets.scores import SELECT_MODES
-from relspec_lmeval.sets.shape import DEFAULT_SITES, parse_sites
+from relspec_lmeval.sets.shape import DEFAULT_SITES, SELECT_MODES, parse_sites
 
 __all__ = ["CORRECT_BY", "IDENTIFY_METHODS", "DEFAULT_CAP", "DEFAULT_K", "DEFAULT_MIN_POSITIVES", "DEFAULT_NEGATIVE_RATIO", "MAX_NEW_TOKENS", "BatchSize", "IdentifyConfig", "memory_budget"]
 

@@ -21,7 +21,7 @@ from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError, OutputError, RelspecError, UsageError
 from relspec_lmeval.identify.draws import holds_plain_draw, layer_matched_draw, plain_draw
 from relspec_lmeval.modelio.load import load_config
-from relspec_lmeval.sets.folder import SetsFolder
+from relspec_lmeval.sets.folder import SetsFolder, locked
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path
 from relspec_lmeval.sets.scores import Scores, load_scores
@@ -230,11 +230,12 @@ def random_controls(
                 raise UsageError(f"{members[0].name} and {odd.name} are for different model shapes but would share "
                                  f"{members[0].folder.random_path(k, 0).parent}; give them separate --out folders")
             controls += [_shared(members, k, seed, command) for seed in seed_list]
-    kept = {control.path: _kept(control, force) for control in controls}
-    with StagedFiles() as staged:  # the call's controls appear together or not at all
-        for control in controls:
-            if not kept[control.path]:
-                control.neuron_set.save(control.path, staged)
+    with locked(like.folder.root for like in likes):  # no other relspec command writes these folders meanwhile
+        kept = {control.path: _kept(control, force) for control in controls}
+        with StagedFiles() as staged:  # the call's controls appear together or not at all
+            for control in controls:
+                if not kept[control.path]:
+                    control.neuron_set.save(control.path, staged)
     return {path: not was_there for path, was_there in kept.items()}
 
 
@@ -273,7 +274,7 @@ def select_sets(
     (the working directory for shipped scores). Raises ``NeuronSetError`` for an unreadable
     scores file or a k the model cannot give, ``OutputError`` for a shipped ``out``.
     """
-    cuts = []
+    cuts, roots = [], set()
     for path in scores_paths:  # every input is checked before anything is written
         scores = load_scores(path)
         if k > scores.layout.total:
@@ -282,8 +283,9 @@ def select_sets(
         meta = _cut_metadata(scores, Path(path), k, select, skip, command)
         neuron_set = scores.to_neuron_set(k, select, meta, skip)  # raises for a bad k, skip or select
         folder = default_folder(SetsFolder.of_scores_file(path).root, out)[0]
+        roots.add(folder.root)  # the sets folder the cut goes into (or --out)
         folder = folder if out is not None else folder.cut(k, select, skip)
         cuts.append((neuron_set, folder.set_path(relation)))
-    with StagedFiles() as staged:
+    with locked(roots), StagedFiles() as staged:
         return [neuron_set.save(target, staged) for neuron_set, target in cuts]
 

@@ -1,10 +1,13 @@
 """Step 1 of identification: which P^det prompts the model answers, and every neuron's mean.
 
-One pass over the P^det of the relations asked for: greedy 2-token generation (the paper's
-check, ``correct_by="generate"``), whose prefill also sums every neuron's prompt means; or,
-with ``correct_by="choice"``, a means-only pass and the ``relation_choice`` comparison
-(``choice_check``). Answers already in the ``AnswerCache`` are not computed again: their
-prompts only go through the means pass (a plain forward, far cheaper than generating).
+One pass over the P^det of the whole pool, in the same batches whatever is asked or cached:
+greedy 2-token generation (the paper's check, ``correct_by="generate"``), whose prefill also sums
+every neuron's prompt means; or, with ``correct_by="choice"``, a means-only pass and the
+``relation_choice`` comparison (``choice_check``). Only a batch holding a prompt of the relations
+asked for whose answer is not in the ``AnswerCache`` generates (every answer it gives is kept);
+the others run the same prefill alone. So the means are over the whole pool and bit for bit the
+same whichever relations are asked and whichever answers are cached, and a cached answer was
+generated in the batch a fresh run would generate it in (at the same ``--batch-size``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def check_name(cfg: IdentifyConfig) -> str:
 class Answers:
     correct: dict[str, list[bool]]
     means: torch.Tensor  # float32 [neurons], over the prompts of ``flat``
-    flat: list[tuple[str, int]]
+    flat: list[tuple[str, int]]  # every P^det prompt of the pool
     timings: dict[str, float] = field(default_factory=dict)
     cached: int = 0  # prompts whose answer came from the cache
 
@@ -53,39 +56,32 @@ def check_answers(
     encoded: dict[str, list[list[int]]], texts_of: dict[str, list[str]], run_batches: Callable[[Callable[[int], Any]], Any],
     processes: Any, pad: int, cache: AnswerCache | None,
 ) -> Answers:
-    """Correctness of every P^det prompt of ``selected`` (others: True, never checked) and the means."""
+    """Correctness of every P^det prompt of ``selected`` (others: True, never checked) and the means over the pool."""
     chosen = set(selected)
-    flat = [(r, i) for r, i in pool.flat() if r in chosen]
+    flat = pool.flat()
     keys = [prompt_key(encoded[r][i]) for r, i in flat]
     generate = cfg.filter and cfg.correct_by == "generate"
     use_cache = cache is not None and generate
     known = {j: text for j, text in ((j, cache.get(key)) for j, key in enumerate(keys)) if text is not None} if use_cache else {}
-    todo = [j for j in range(len(flat)) if j not in known]
-    answers = Answers({r: [True] * len(docs) for r, docs in pool.docs.items()}, torch.zeros(0), flat, cached=len(known))
-
-    def pass_over(rows: list[int], gen: bool, desc: str) -> tuple[list[str] | None, torch.Tensor]:
-        return run_batches(lambda bs: generate_with_means(
-            model, tokenizer, [encoded[flat[j][0]][flat[j][1]] for j in rows], shape, batch_size=bs, generate=gen,
-            max_new_tokens=MAX_NEW_TOKENS, processes=processes, desc=desc, progress=cfg.progress))
+    needed = [r in chosen and j not in known for j, (r, _) in enumerate(flat)]
+    cached = sum(1 for j, (r, _) in enumerate(flat) if r in chosen and j in known)
+    answers = Answers({r: [True] * len(docs) for r, docs in pool.docs.items()}, torch.zeros(0), flat, cached=cached)
 
     start = time.perf_counter()
-    texts = dict(known)
-    total = torch.zeros(shape.total, dtype=torch.float64)
-    if todo:  # with nothing cached: one pass over every prompt, as without a cache
-        new, part = pass_over(todo, generate, "filter + means" if generate else "means")
-        total += part
-        if new is not None:
-            texts.update(zip(todo, new))
-            if cache is not None and processes.is_main:
-                cache.put({keys[j]: text for j, text in zip(todo, new)})
-    if known:
-        total += pass_over(sorted(known), False, "means (answers cached)")[1]
+    new, total = run_batches(lambda bs: generate_with_means(
+        model, tokenizer, [encoded[r][i] for r, i in flat], shape, batch_size=bs, generate=generate, needed=needed,
+        max_new_tokens=MAX_NEW_TOKENS, processes=processes, desc="filter + means" if generate else "means", progress=cfg.progress))
     answers.timings["filter_and_means" if generate else "means"] = time.perf_counter() - start
     answers.means = (total / len(flat)).to(torch.float32)
     if generate:
+        fresh = {j: text for j, text in enumerate(new) if text is not None}
+        if cache is not None and processes.is_main:
+            cache.put({keys[j]: text for j, text in fresh.items()})
+        texts = {**fresh, **known}  # a known answer is the record, whichever batch gave it
         check = METRICS[cfg.correct_metric]
         for j, (r, i) in enumerate(flat):
-            answers.correct[r][i] = check(first_line(texts[j]), pool.docs[r][i]["golds"])
+            if r in chosen:
+                answers.correct[r][i] = check(first_line(texts[j]), pool.docs[r][i]["golds"])
     elif cfg.filter:  # --correct-by choice: the gold wins relation_choice's log-likelihood comparison
         start = time.perf_counter()
         for r in selected:

@@ -27,7 +27,7 @@ from relspec_lmeval.errors import NeuronSetError, UsageError
 from relspec_lmeval.identify.controls import default_folder
 from relspec_lmeval.identify.methods import dampen_factors
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, SCORES_FORMAT, read_relspec_header
-from relspec_lmeval.sets.folder import SetsFolder, dampen_name
+from relspec_lmeval.sets.folder import SetsFolder, dampen_name, locked
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path
 from relspec_lmeval.sets.scores import Scores, load_scores
@@ -126,6 +126,7 @@ def dampen_sets(
     if not 0.5 <= threshold < 1.0:  # below 0.5 the formula would amplify (factors above 1)
         raise UsageError(f"--threshold must be in [0.5, 1), got {threshold:g}")
     plans: list[tuple[Path, NeuronSet]] = []
+    roots = set()
     for name in inputs:  # every input is checked before anything is written
         path = resolve_set_path(str(name))
         if _kind(path) == "scores":
@@ -135,11 +136,12 @@ def dampen_sets(
             made = dampened_set(NeuronSet.load(path), alpha, threshold, command)
             beside, sub = path.resolve().parent, dampen_name(alpha, threshold)
         folder, _ = default_folder(beside, out)
+        roots.add(folder.root)
         target = (folder.root if out is not None else folder.root / sub) / path.name
         if any(target == planned for planned, _ in plans):
             raise UsageError(f"two inputs would both be written to {target}; give them separate --out folders")
         plans.append((target, made))
-    with StagedFiles() as staged:  # all outputs appear together or none
+    with locked(roots), StagedFiles() as staged:  # all outputs appear together or none, one writer per folder
         for target, made in plans:
             made.save(target, staged)
     return plans

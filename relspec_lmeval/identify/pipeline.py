@@ -2,10 +2,11 @@
 
 The paper's method (docs/identification.md has the details and every choice we made):
 
-1. P^det of every relation of the data (the pool); one pass over the P^det of the
-   relations asked for runs greedy 2-token generation (left padding, BOS prepended) and
-   keeps the prompts the model answers correctly; the same pass (its prefill step) sums
-   every neuron's prompt mean, so the means over those prompts come for free. With
+1. P^det of every relation of the data (the pool); one pass over the pool's P^det runs
+   greedy 2-token generation (left padding, BOS prepended) in the batches that hold a prompt
+   of the relations asked for without a cached answer, and keeps the prompts of those
+   relations the model answers correctly; the same pass (its prefill step, alone in the other
+   batches) sums every neuron's prompt mean, so the means over the pool come for free. With
    ``correct_by="choice"`` that pass only sums the means, and a prompt is correct when its
    gold wins ``relation_choice``'s comparison (``choice_check``). Relations with fewer than
    ``min_positives`` correct prompts are skipped.
@@ -16,7 +17,9 @@ The paper's method (docs/identification.md has the details and every choice we m
 4. AP of every neuron as a score of positive vs negative, batched on the device; the
    top-k (ties by (layer, site, index)), or with ``select=both`` top ⌈k/2⌉ + bottom ⌊k/2⌋.
 
-Output: a ``SetsFolder`` (``<out>/<relation>.safetensors``, ``scores/``, ``summary.json``).
+Output: a ``SetsFolder`` (``<out>/<relation>.safetensors``, ``scores/``, ``summary.json``), locked
+while the run writes it; a folder holds one run: a run with the same parameters adds its relations
+to it, one with others is refused (``SetsFolder.earlier_run``) unless ``force`` replaces it.
 Everything that can be checked without the model is checked before it is loaded.
 """
 
@@ -26,6 +29,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +46,10 @@ from relspec_lmeval.identify.correctness import check_answers, check_name
 from relspec_lmeval.identify.lape import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_SITE, LAPE_TOP_RATE, LapeRun
 from relspec_lmeval.identify.methods import two_class_scores
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
-from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table
+from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table, kept_results
 from relspec_lmeval.modelio.load import load_config, load_model, meta_skeleton
 from relspec_lmeval.modelio.sites import site_modules
-from relspec_lmeval.sets.folder import SetsFolder
+from relspec_lmeval.sets.folder import EarlierRun, SetsFolder
 from relspec_lmeval.sets.scores import Scores, save_scores
 from relspec_lmeval.sets.shape import DEFAULT_SITES, ModelShape, model_metadata
 from relspec_lmeval.util.files import StagedFiles
@@ -76,29 +80,44 @@ def check_fit(model: Any, config: Any, encoded: Mapping[str, list[list[int]]], m
         )
 
 
-def check_out_dir(out: Path, model_block: Mapping[str, Any], force: bool) -> None:
-    """The output folder can be written: not a file, not shipped, no sets of another model (unless ``force``)."""
+def check_out_dir(out: Path) -> None:
+    """The output folder can be written: not a file, not among the shipped files (before its lock creates it)."""
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder for the sets")
     refuse_shipped(out, "--out")
-    if force or not out.is_dir():
-        return
-    from safetensors import safe_open
 
-    for path in SetsFolder(out).own_files():
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = json.loads((handle.metadata() or {}).get("relspec", "{}"))
-            other = (header.get("metadata") or {}).get("model") or {}
-            theirs = other.get("config_hash")
-        except Exception:  # noqa: BLE001 - an unreadable or foreign file is not ours to judge here
-            continue
-        ours = model_block.get("config_hash")
-        if theirs and ours and theirs != ours:
-            raise NeuronSetError(
-                f"{path} was made for model {other.get('name')!r} (config {theirs}), but this run uses "
-                f"{model_block.get('name')!r} (config {ours}); use another --out or --force"
-            )
+
+_AFTER_LOAD = ("dtype", "device", "chat_template")  # parameters known once the model is loaded
+
+
+def _parameters(cfg: IdentifyConfig, shape: ModelShape, batch_size: int, dtype: str | None = None, device: str | None = None,
+                chat: Any = None) -> dict[str, Any]:
+    """``parameters`` of the metadata: what the files depend on beyond model and data (before the load: ``_AFTER_LOAD`` unset)."""
+    generate = cfg.filter and cfg.correct_by == "generate"
+    return {
+        "k": cfg.k,
+        "select": cfg.select,
+        **({"sites": list(shape.sites)} if shape.sites != DEFAULT_SITES else {}),
+        "cap": cfg.cap,
+        "negative_ratio": cfg.negative_ratio,
+        "seed": cfg.seed,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "filter": (f"greedy-{MAX_NEW_TOKENS}" if generate else "choice") if cfg.filter else "none",
+        **({"choice": {"seed": CHOICE_SEED, "distractors": DISTRACTORS}} if cfg.filter and not generate else {}),
+        **({"correct_metric": cfg.correct_metric} if cfg.filter and cfg.correct_metric != "acc" else {}),
+        "min_positives": cfg.min_positives_needed,
+        **({"chat_template": chat} if cfg.apply_chat_template else {}),
+        "template_set": cfg.template_set,
+        "language": cfg.language,
+        **({"lape": {"top_rate": LAPE_TOP_RATE, "filter_rate": LAPE_FILTER_RATE, "activation_bar_ratio": LAPE_BAR_RATIO,
+                     "site": LAPE_SITE, "prompts": "every P^det prompt of each relation of the pool"}} if cfg.method == "lape" else {}),
+    }
+
+
+def _means_over(pool: Pool) -> str:
+    return f"all {len(pool.flat())} P^det prompts of the pool"
 
 
 @dataclass
@@ -112,6 +131,8 @@ class _Run:
     shape: ModelShape
     model_block: dict[str, Any]
     folder: SetsFolder
+    ours: dict[str, Any]  # the fields a folder's earlier run must share (SetsFolder.earlier_run)
+    earlier: EarlierRun | None = None
 
 
 def _prepare(cfg: IdentifyConfig) -> _Run:
@@ -129,8 +150,10 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     if shape.has_attention_sites and (skeleton := meta_skeleton(config)) is not None:  # a fused attention: before the load
         site_modules(skeleton, [(layer, site) for layer, site, _, _ in shape.blocks()])
     out = Path(cfg.out)
-    check_out_dir(out, model_block, cfg.force)
-    return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out))
+    check_out_dir(out)
+    ours = {"model": model_block, "method": cfg.method, "data_hash": pool.hash(), "package_version": __version__,
+            "means_over": _means_over(pool), "parameters": _parameters(cfg, shape, int(cfg.max_batch_size if cfg.batch_size == "auto" else cfg.batch_size))}
+    return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out), ours)
 
 
 def _two_class(cfg: IdentifyConfig, model: Any, shape: ModelShape, encoded: Mapping[str, list[list[int]]], positives: list,
@@ -168,11 +191,18 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     ``OutputError`` when the outputs cannot be written; a relation's set, its scores and the
     summary that lists them appear together or not at all.
     """
+    run = _prepare(cfg)
+    processes = Processes()
+    with run.folder.lock() if processes.is_main else nullcontext():  # one writer per folder, taken before the model loads
+        later = (*_AFTER_LOAD, *(("batch_size",) if cfg.batch_size == "auto" else ()))
+        run.earlier = None if cfg.force else run.folder.earlier_run(run.ours, later)
+        return _identify(cfg, run, processes)
+
+
+def _identify(cfg: IdentifyConfig, run: _Run, processes: Processes) -> dict[str, Any]:
     import torch
 
-    run = _prepare(cfg)
     pool, shape = run.pool, run.shape
-    processes = Processes()
     device_name = cfg.device or (str(processes.device) if processes.device else None)
     model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map,
                                   gguf_file=cfg.gguf_file, progress=cfg.progress)
@@ -187,9 +217,9 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     batch = BatchSize(cfg.batch_size, cfg.max_batch_size)
     pad = pad_token_id(tokenizer)
 
-    # 1. correctness filter over the P^det of the relations asked for (negatives are not
-    # validated, as in the paper, so the rest of the pool is never generated from); its
-    # prefill also sums every neuron's prompt means over those prompts
+    # 1. correctness filter of the P^det of the relations asked for (negatives are not
+    # validated, as in the paper); the pass goes over the whole pool, whose prefill sums every
+    # neuron's prompt means, in the same batches whatever is asked or cached
     cache = None
     if cfg.filter and cfg.cache:
         # the folder or hub id transformers loaded (for a GGUF model: its converted folder)
@@ -197,10 +227,6 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         cache = AnswerCache(fingerprint, check_name(cfg))
     answers = check_answers(cfg, pool, run.selected, model, tokenizer, shape, encoded, texts_of, batch.run, processes, pad, cache)
     correct, means, timings = answers.correct, answers.means, answers.timings
-    every = len(answers.flat) == len(pool.flat())
-    means_over = (f"all {len(answers.flat)} P^det prompts of the pool" if every
-                  else f"the {len(answers.flat)} P^det prompts of {', '.join(run.selected)}")
-    generate = cfg.filter and cfg.correct_by == "generate"
     minimum = cfg.min_positives_needed
     skipped = {
         r: f"{sum(correct[r])} of {len(pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
@@ -214,26 +240,8 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             "(--relations), or use --no-filter to keep every prompt"
         )
 
-    parameters = {
-        "k": cfg.k,
-        "select": cfg.select,
-        **({"sites": list(shape.sites)} if shape.sites != DEFAULT_SITES else {}),
-        "cap": cfg.cap,
-        "negative_ratio": cfg.negative_ratio,
-        "seed": cfg.seed,
-        "batch_size": batch.value,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": device.type,
-        "filter": (f"greedy-{MAX_NEW_TOKENS}" if generate else "choice") if cfg.filter else "none",
-        **({"choice": {"seed": CHOICE_SEED, "distractors": DISTRACTORS}} if cfg.filter and not generate else {}),
-        **({"correct_metric": cfg.correct_metric} if cfg.filter and cfg.correct_metric != "acc" else {}),
-        "min_positives": minimum,
-        **({"chat_template": chat_record(tokenizer, cfg.system_instruction)} if cfg.apply_chat_template else {}),
-        "template_set": cfg.template_set,
-        "language": cfg.language,
-        **({"lape": {"top_rate": LAPE_TOP_RATE, "filter_rate": LAPE_FILTER_RATE, "activation_bar_ratio": LAPE_BAR_RATIO,
-                     "site": LAPE_SITE, "prompts": "every P^det prompt of each relation of the pool"}} if cfg.method == "lape" else {}),
-    }
+    chat = chat_record(tokenizer, cfg.system_instruction) if cfg.apply_chat_template else None
+    parameters = _parameters(cfg, shape, batch.value, str(next(model.parameters()).dtype).replace("torch.", ""), device.type, chat)
     pool_hash = pool.hash()
     base_meta = {
         "model": run.model_block,
@@ -244,10 +252,19 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
         "command": cfg.command,
     }
     budget = memory_budget(cfg, device)
-    results: list[RelationResult] = []
     env = environment(device)
-    summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped,
-               "answers_cached": answers.cached}
+    kept = {}
+    if run.earlier is not None:  # a run with the same parameters wrote this folder: its other relations stay
+        run.earlier.check({**run.ours, "parameters": parameters})
+        kept = run.earlier.kept(todo)
+        run.earlier.check_means(kept, means, env)
+    results: list[RelationResult] = kept_results(run.folder, kept)
+    stale = run.folder.run_files() if cfg.force and processes.is_main else []  # replaced when the first set is written
+
+    def summarize() -> dict[str, Any]:
+        return {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped}
+
+    summary = summarize()
 
     lape_run = None
     if cfg.method == "lape":  # one counting pass over every relation of the pool (all enter the entropy)
@@ -284,25 +301,29 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             "correct": result.correct,
             "positives": result.positives,
             "negatives": result.negatives,
-            "means_over": means_over,
+            "means_over": run.ours["means_over"],
         }
         meta = {**base_meta, "relation": relation, "data": data_block}
         scores = Scores(shape, ap.to(torch.float32), means, {**meta, "kind": "scores"})
         neuron_set = scores.to_neuron_set(k, cfg.select, {**meta, "k": k, "select": cfg.select})
         result.neuron_set = neuron_set
         result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
-        summary = {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env,
-                   "skipped": skipped, "answers_cached": answers.cached}
+        summary = summarize()
         with StagedFiles() as staged:  # the relation's scores, set and summary appear together
             save_scores(scores, result.scores_path, staged)
             neuron_set.save(result.set_path, staged)
             staged.write_text(run.folder.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            run.folder.remove(set(stale) - {result.scores_path, result.set_path, run.folder.summary_path})  # --force
+            stale = []
 
     if processes.is_main and cfg.print_table:
         print(format_table(summary, timings, results))
     if processes.is_main and answers.cached and cache is not None:
         print(f"relspec identify: {answers.cached} answers of the correctness check reused from {cache.path} (--no-cache recomputes)",
               file=sys.stderr)
+    if processes.is_main and kept:
+        print(f"relspec identify: kept {len(kept)} relation(s) that an earlier run with the same parameters wrote to {cfg.out}: "
+              f"{', '.join(kept)} (--force replaces them)", file=sys.stderr)
     if processes.is_main and skipped:
         for relation, why in skipped.items():  # where users look: the end of the output, on stderr
             print(f"relspec identify: skipped {relation}: {why}", file=sys.stderr)

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.identify.pool import Pool
+from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import ModelShape
 
-__all__ = ["RelationResult", "build_summary", "environment", "format_table"]
+__all__ = ["RelationResult", "build_summary", "environment", "format_table", "kept_results"]
 
 
 def environment(device: Any) -> dict[str, Any]:
@@ -40,6 +41,17 @@ class RelationResult:
     scores_path: Path | None = None
     neuron_set: NeuronSet | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def kept_results(folder: SetsFolder, entries: Mapping[str, Mapping[str, Any]]) -> list[RelationResult]:
+    """The relations that an earlier run with the same parameters wrote to ``folder`` and this run
+    keeps, as results again: their summary entries and the overlaps come from their files as for
+    the relations of this run, so ``summary.json`` describes every set of the folder."""
+    return [
+        RelationResult(r, e["det_prompts"], e["correct"], e["positives"], e["negatives"], folder.set_path(r), folder.scores_path(r),
+                       NeuronSet.load(folder.set_path(r)))
+        for r, e in entries.items()
+    ]
 
 
 def build_summary(

@@ -16,23 +16,39 @@ A sets folder is what ``relspec identify --out`` writes and ``relspec reproduce
 
 Folders written before the shared controls hold ``random/<relation>-seed<N>.safetensors``
 (the same neurons as ``k<K>-seed<N>``, one copy per relation); ``find_random`` still finds them.
+
+A folder is one identify run (docs/identification.md, "One run per folder"): a command that
+writes into it holds ``<root>/.relspec.lock`` (``lock``), and ``earlier_run`` says whether a new
+identify run may add its relations to what is there (the same model, data, method, parameters,
+package version) or must refuse; ``run_files`` is what ``--force`` replaces.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Collection, Iterable, Mapping
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
-from relspec_lmeval.sets.fileformat import SUFFIX
+from relspec_lmeval.errors import NeuronSetError, OutputError
+from relspec_lmeval.sets.fileformat import HEADER_KEY, SUFFIX
+from relspec_lmeval.util.files import folder_lock
 
-__all__ = ["SCORES_DIR", "SUMMARY_FILE", "SetsFolder", "cut_name", "dampen_name"]
+__all__ = ["LOCK_FILE", "SCORES_DIR", "SUMMARY_FILE", "EarlierRun", "SetsFolder", "cut_name", "dampen_name", "locked", "run_record"]
 
 SCORES_DIR = "scores"
 RANDOM_DIR = "random"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".relspec.lock"  # held by the command writing the folder (util.files.folder_lock)
 _LEGACY_RANDOM = re.compile(r"(?P<relation>.+)-seed(?P<seed>\d+)")
+_CUT = re.compile(r"k\d+(-both)?(-skip\d+)?")  # cut_name's folders
+_ENTRY_KEYS = {"det_prompts", "correct", "positives", "negatives", "set_file", "scores_file"}  # of a summary entry, as kept
+# what --force removes, in the words of its refusals
+REPLACED = "its sets, scores, random controls, re-cuts, dampened sets and summary.json go when this run writes its first set"
 
 
 def cut_name(k: int, select: str = "top", skip: int = 0) -> str:
@@ -109,5 +125,158 @@ class SetsFolder:
         return sorted(p.name[: -len(SUFFIX)] for p in self.root.glob(f"*{SUFFIX}"))
 
     def own_files(self) -> list[Path]:
-        """The sets and scores identify wrote here (what ``check_out_dir`` inspects)."""
+        """The sets and scores identify wrote here (what ``earlier_run`` inspects)."""
         return sorted([*self.root.glob(f"*{SUFFIX}"), *(self.root / SCORES_DIR).glob(f"*{SUFFIX}")])
+
+    def lock(self, flag: str = "--out") -> AbstractContextManager[Path]:
+        """Held while a command writes here: a second writer refuses at once (``util.files.folder_lock``)."""
+        return folder_lock(self.root, LOCK_FILE, flag)
+
+    def derived_files(self) -> list[Path]:
+        """Files made from this folder's sets and scores: random controls, re-cuts, dampened sets."""
+        folders = [self.root / RANDOM_DIR]
+        if self.root.is_dir():
+            folders += [p for p in self.root.iterdir() if p.is_dir() and (_CUT.fullmatch(p.name) or p.name.split("-")[0] == "dampen")]
+        return sorted(p for folder in folders for p in folder.glob(f"*{SUFFIX}"))
+
+    def run_files(self) -> list[Path]:
+        """Everything of an identify run here (``--force`` removes what the new run does not rewrite);
+        a file without a relspec header is not one of them."""
+        made = [p for p in [*self.own_files(), *self.derived_files()] if _relspec_metadata(p) is not None]
+        return [*made, *([self.summary_path] if self.summary_path.is_file() else [])]
+
+    def remove(self, paths: Iterable[Path]) -> None:
+        """Delete ``paths`` and the derived folders they leave empty."""
+        for path in paths:
+            path.unlink(missing_ok=True)
+            if path.parent != self.root and path.parent.name != SCORES_DIR and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+
+    def earlier_run(self, ours: Mapping[str, Any], later: Collection[str] = ()) -> EarlierRun | None:
+        """The identify run this folder holds, when one with ``ours`` (``run_record``) may add to it.
+
+        None when the folder holds no sets. Raises ``NeuronSetError`` for sets of another model
+        and ``OutputError`` when the folder is not one run with these fields (another k, method,
+        data, ...; no summary; a summary that does not list exactly the sets present): one line with
+        the way out. Fields in ``later`` (known once the model is loaded) are compared by ``check``.
+        """
+        metadata = {p: m for p, m in ((p, _relspec_metadata(p)) for p in self.own_files()) if m is not None}
+        if not metadata:  # a file without a relspec header is not ours to judge
+            return None
+        for path, meta in metadata.items():
+            _same_model(path, meta.get("model") or {}, ours.get("model") or {})
+        summary = _read_json(self.summary_path)
+        entries = summary.get("relations") if isinstance(summary, dict) else None
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) and _ENTRY_KEYS <= e.keys() for e in entries.values()):
+            self._refuse(f"holds neuron sets but no readable {SUMMARY_FILE}")
+        listed = {self.root / name for e in entries.values() for name in (e.get("set_file"), e.get("scores_file")) if name}
+        if listed != set(metadata):
+            odd = sorted(listed ^ set(metadata))[0]
+            self._refuse(f"has a {SUMMARY_FILE} that does not list exactly its sets ({odd.relative_to(self.root)} is "
+                         f"{'missing' if odd in listed else 'not listed'})")
+        earlier = EarlierRun(self, summary, metadata)
+        earlier.check(ours, later)
+        return earlier
+
+    def _refuse(self, why: str) -> NoReturn:
+        raise OutputError(f"--out {self.root} {why}; use a new --out, or --force to replace it ({REPLACED})")
+
+
+def locked(roots: Iterable[str | os.PathLike], flag: str = "the sets folder") -> ExitStack:
+    """The locks of every folder in ``roots`` (each once), held until the returned stack closes."""
+    stack = ExitStack()
+    try:
+        for root in sorted({Path(r).resolve() for r in roots}):
+            stack.enter_context(SetsFolder(root).lock(flag))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def run_record(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two identify runs one (a set's or scores file's metadata → the fields compared)."""
+    return {
+        "model": metadata.get("model"), "method": metadata.get("method"), "data_hash": metadata.get("data_hash"),
+        "package_version": metadata.get("package_version"), "means_over": (metadata.get("data") or {}).get("means_over"),
+        "parameters": metadata.get("parameters") or {},
+    }
+
+
+@dataclass
+class EarlierRun:
+    """The identify run a sets folder holds, which a new run with the same fields adds its relations to."""
+
+    folder: SetsFolder
+    summary: dict[str, Any]
+    metadata: dict[Path, dict[str, Any]]
+
+    def check(self, ours: Mapping[str, Any], later: Collection[str] = ()) -> None:
+        """``OutputError`` for the first field in which a file (or the summary) differs from ``ours``."""
+        summary = {"model": self.summary.get("model"), "data_hash": (self.summary.get("data") or {}).get("pool_hash"),
+                   "parameters": self.summary.get("parameters") or {}}
+        for name, theirs in [*((p.relative_to(self.folder.root), run_record(m)) for p, m in self.metadata.items()), (SUMMARY_FILE, summary)]:
+            why = _difference("", {k: theirs.get(k) for k in theirs if k != "parameters"}, {k: ours[k] for k in theirs if k in ours and k != "parameters"})
+            why = why or _difference("", theirs["parameters"], ours["parameters"], skip=later)
+            if why:
+                self.folder._refuse(f"holds {name} made with {why}")
+
+    def kept(self, rewritten: Collection[str]) -> dict[str, dict[str, Any]]:
+        """The summary entries of the relations this run does not write again."""
+        return {r: e for r, e in self.summary["relations"].items() if r not in rewritten}
+
+    def check_means(self, relations: Iterable[str], means: Any, environment: Mapping[str, Any]) -> None:
+        """``OutputError`` unless the kept relations' scores hold exactly ``means`` (float32): the
+        same parameters on another torch, transformers or CPU give means a few ulps off."""
+        import torch
+
+        from relspec_lmeval.sets.scores import load_scores
+
+        for relation in relations:
+            if not torch.equal(load_scores(self.folder.scores_path(relation)).means, means):
+                theirs = self.summary.get("environment")
+                where = f" (made under {json.dumps(theirs, sort_keys=True)}, this run {json.dumps(dict(environment), sort_keys=True)})" if theirs != environment else ""
+                self.folder._refuse(f"holds {SCORES_DIR}/{relation}{SUFFIX} whose means differ from this run's{where}")
+
+
+def _show(value: Any) -> str:
+    return "nothing" if value is None else json.dumps(value, sort_keys=True)
+
+
+def _difference(name: str, theirs: Any, ours: Any, skip: Collection[str] = ()) -> str | None:
+    """``k=38 (this run: 20)``, ``model.name="a" (this run: "b")``: the first differing field; None when equal."""
+    if isinstance(theirs, dict) and isinstance(ours, dict):
+        for key in sorted(theirs.keys() | ours.keys()):
+            if key in skip and key in theirs and key in ours:
+                continue
+            if theirs.get(key) != ours.get(key):
+                return _difference(f"{name}.{key}" if name else key, theirs.get(key), ours.get(key))
+        return None
+    return None if theirs == ours else f"{name}={_show(theirs)} (this run: {_show(ours)})"
+
+
+def _same_model(path: Path, theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> None:
+    if theirs.get("config_hash") and ours.get("config_hash") and theirs["config_hash"] != ours["config_hash"]:
+        raise NeuronSetError(
+            f"{path} was made for model {theirs.get('name')!r} (config {theirs['config_hash']}), but this run uses "
+            f"{ours.get('name')!r} (config {ours['config_hash']}); use another --out or --force"
+        )
+
+
+def _relspec_metadata(path: Path) -> dict[str, Any] | None:
+    """The metadata bag of a relspec safetensors file (its header only); None for any other file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            block = json.loads((handle.metadata() or {})[HEADER_KEY])
+        return block["metadata"] if isinstance(block, dict) and isinstance(block.get("metadata"), dict) else None
+    except Exception:  # noqa: BLE001 - unreadable or foreign: not an identify output
+        return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
