@@ -522,3 +522,19 @@ def test_statistics_pass_ends_at_the_last_site(tiny_llama_dir):
     hook.remove()
     width = model.config.hidden_size
     assert torch.allclose(fast[0, -width:], outputs["down"][0].mean(dim=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_prompts_are_encoded_as_lm_eval_encodes_them(tiny_llama_dir, adds_bos):
+    """Llama-style tokenizers add a BOS, Qwen2-style ones none: identification's prompts are the
+    token ids lm-eval's HFLM scores (no BOS forced in where the tokenizer adds none)."""
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers import processors
+
+    lm = HFLM(pretrained=str(tiny_llama_dir), device="cpu", batch_size=1)
+    if not adds_bos:
+        lm.tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="$A", special_tokens=[])
+    prompts = ["the ceo of apple is? Answer:", "paris is a city in? Answer:"]
+    ours = encode_prompts(lm.tokenizer, prompts)
+    assert ours == [lm.tok_encode(p) for p in prompts]
+    assert all((row[0] == lm.tokenizer.bos_token_id) == adds_bos for row in ours)
