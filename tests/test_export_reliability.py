@@ -475,3 +475,26 @@ def test_a_file_that_is_not_gguf_is_refused_before_hashing(where, outside, cache
     assert main(["export", "--model", str(model), "--gguf-file", name, "--neuron-set", str(set_file), "--out", str(out)]) == 2
     one_error(capsys, file, "is not a GGUF file")
     assert not out.exists() and not cache.exists()
+
+
+def test_export_refuses_a_dangling_link_or_unwritable_out_before_the_weights_load(tmp_path, capsys, monkeypatch):
+    """As identify --out: a symbolic link to nothing is not followed, a place that cannot be
+    written is said before the (slow) load, not after it."""
+    import transformers
+
+    from relspec_lmeval.cli import main
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    tiny = {"name": "relspec-tiny", "num_layers": 6, "hidden_size": 128, "intermediate_size": 256}
+    good = NeuronSet({(0, "gate_proj"): [1, 2]}, {"model": tiny}).save(tmp_path / "good.safetensors")
+    (tmp_path / "dl").symlink_to(tmp_path / "gone")
+    (tmp_path / "a-file").write_text("keep")
+    for out, expected in ((tmp_path / "dl", "is a symbolic link to"), (tmp_path / "a-file" / "o", "Not a directory")):
+        assert main(["export", "--model", "relspec-tiny", "--neuron-set", str(good), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "gone").exists() and (tmp_path / "a-file").read_text() == "keep"

@@ -161,7 +161,7 @@ def test_a_second_writer_is_refused_before_the_model_loads(world, tmp_path, caps
     """Fails before #20: both runs wrote the folder; summary.json said 30 neurons where the file held 20."""
     out = tmp_path / "ns"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom relspec_lmeval.util.files import folder_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom relspec_lmeval.util.locks import folder_lock\n"
          f"with folder_lock(sys.argv[1], {LOCK_FILE!r}):\n    print('held', flush=True)\n    time.sleep(60)\n", str(out)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

@@ -25,6 +25,7 @@ from relspec_lmeval.sets.neuron_set import union_all
 from relspec_lmeval.sets.resolve import load_sets
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.files import staged_dir
+from relspec_lmeval.util.locks import probe_writable
 from relspec_lmeval.util.resources import refuse_shipped
 
 __all__ = ["EXPORT_MARKER", "ExportConfig", "check_export_target", "check_replaceable", "export_checkpoint"]
@@ -76,6 +77,8 @@ def check_export_target(out: str | os.PathLike, force: bool) -> Path:
         where = "the working directory" if target == cwd else "the home directory" if target == home else "a parent of the working directory"
         raise OutputError(f"--out {out} is {where}; give the name of a new folder for the checkpoint, e.g. --out ./ablated-model")
     refuse_shipped(target, "--out")
+    probe_writable(given, "--out")  # a link to nothing, a read-only file system: now, not after the load
+    probe_writable(target.parent, "--out")  # the checkpoint is built beside its target
     check_replaceable(target, out, force)
     return target
 

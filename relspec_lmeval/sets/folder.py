@@ -9,6 +9,7 @@ A sets folder is what ``relspec identify --out`` writes and ``relspec reproduce
                                                relation whose set has K (the draw depends only
                                                on the model shape, K and the seed)
     <root>/random/<relation>-layer-seed<N>.safetensors   drawn per (layer, site) like the relation's set
+    <root>/random/<relation>-site-seed<N>.safetensors    drawn per site (all layers) like the relation's set
     <root>/k<N>[-both][-skip<S>]/<relation>.safetensors   re-cuts by ``relspec select``
     <dir>/dampen[-a<A>][-t<T>]/<name>.safetensors   a set of <dir> with AurA's factors (``relspec dampen``)
     <root>/dampen-all[-a<A>][-t<T>]/<relation>.safetensors   every neuron above the threshold, from scores/
@@ -36,15 +37,16 @@ from typing import Any, NoReturn
 
 from relspec_lmeval.errors import NeuronSetError, OutputError
 from relspec_lmeval.sets.fileformat import HEADER_KEY, SUFFIX
-from relspec_lmeval.util.files import folder_lock
+from relspec_lmeval.util.locks import folder_lock
 
 __all__ = ["LOCK_FILE", "SCORES_DIR", "SUMMARY_FILE", "EarlierRun", "SetsFolder", "cut_name", "dampen_name", "locked", "run_record"]
 
 SCORES_DIR = "scores"
 RANDOM_DIR = "random"
 SUMMARY_FILE = "summary.json"
-LOCK_FILE = ".relspec.lock"  # held by the command writing the folder (util.files.folder_lock)
+LOCK_FILE = ".relspec.lock"  # held by the command writing the folder (util.locks.folder_lock)
 _LEGACY_RANDOM = re.compile(r"(?P<relation>.+)-seed(?P<seed>\d+)")
+_MATCHED = ("-layer", "-site")  # <relation>-layer-seed<N>, <relation>-site-seed<N>: not legacy plain controls
 _CUT = re.compile(r"k\d+(-both)?(-skip\d+)?")  # cut_name's folders
 _ENTRY_KEYS = {"det_prompts", "correct", "positives", "negatives", "set_file", "scores_file"}  # of a summary entry, as kept
 # what --force removes, in the words of its refusals
@@ -89,6 +91,15 @@ class SetsFolder:
         """The control drawn per (layer, site) like ``relation``'s set: its own file, as its counts are its own."""
         return self.root / RANDOM_DIR / f"{relation}-layer-seed{int(seed)}{SUFFIX}"
 
+    def site_random_path(self, relation: str, seed: int) -> Path:
+        """The control drawn per site (over all layers) like ``relation``'s set: its own file, like a layer-matched one."""
+        return self.root / RANDOM_DIR / f"{relation}-site-seed{int(seed)}{SUFFIX}"
+
+    def find_site_random(self, relation: str, seed: int) -> Path | None:
+        """``relation``'s site-matched control of ``seed`` here, or None."""
+        path = self.site_random_path(relation, seed)
+        return path if path.is_file() else None
+
     def legacy_random_path(self, relation: str, seed: int) -> Path:
         """Where folders written before the shared controls keep ``relation``'s plain control."""
         return self.root / RANDOM_DIR / f"{relation}-seed{int(seed)}{SUFFIX}"
@@ -104,11 +115,11 @@ class SetsFolder:
     @staticmethod
     def legacy_random_name(path: str | os.PathLike) -> tuple[SetsFolder, str, int] | None:
         """``<root>/random/<relation>-seed<N>[.safetensors]`` → (folder, relation, seed); None for any
-        other name (layer-matched controls keep their per-relation names)."""
+        other name (layer- and site-matched controls keep their per-relation names)."""
         path = Path(path)
         name = path.name.removesuffix(SUFFIX)
         found = _LEGACY_RANDOM.fullmatch(name)
-        if path.parent.name != RANDOM_DIR or found is None or found["relation"].endswith("-layer"):
+        if path.parent.name != RANDOM_DIR or found is None or found["relation"].endswith(_MATCHED):
             return None
         return SetsFolder(path.parent.parent), found["relation"], int(found["seed"])
 
@@ -129,11 +140,12 @@ class SetsFolder:
         return sorted([*self.root.glob(f"*{SUFFIX}"), *(self.root / SCORES_DIR).glob(f"*{SUFFIX}")])
 
     def lock(self, flag: str = "--out") -> AbstractContextManager[Path]:
-        """Held while a command writes here: a second writer refuses at once (``util.files.folder_lock``)."""
+        """Held while a command writes here: a second writer refuses at once (``util.locks.folder_lock``)."""
         return folder_lock(self.root, LOCK_FILE, flag)
 
     def derived_files(self) -> list[Path]:
-        """Files made from this folder's sets and scores: random controls, re-cuts, dampened sets."""
+        """Files made from this folder's sets and scores: random controls (plain, layer- and
+        site-matched, legacy), re-cuts, dampened sets."""
         folders = [self.root / RANDOM_DIR]
         if self.root.is_dir():
             folders += [p for p in self.root.iterdir() if p.is_dir() and (_CUT.fullmatch(p.name) or p.name.split("-")[0] == "dampen")]

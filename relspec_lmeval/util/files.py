@@ -35,7 +35,7 @@ from pathlib import Path
 from relspec_lmeval.errors import OutputError, RelspecError
 
 __all__ = [
-    "StagedFiles", "Terminated", "atomic_write", "atomic_write_text", "dir_mode", "file_mode", "folder_lock",
+    "StagedFiles", "Terminated", "atomic_write", "atomic_write_text", "describe", "dir_mode", "file_mode",
     "remove_stale_staging", "signals_unwind", "staged_dir", "staging_prefix",
 ]
 
@@ -56,7 +56,8 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An OS error in the words a user reads (its strerror), any other exception's message."""
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
 
 
@@ -77,14 +78,14 @@ class StagedFiles:
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             os.close(fd)
         except OSError as exc:
-            raise OutputError(f"cannot write {path}: {_describe(exc)}") from None
+            raise OutputError(f"cannot write {path}: {describe(exc)}") from None
         tmp = Path(name)
         self._staged.append((tmp, path))
         try:
             writer(tmp)
             os.chmod(tmp, file_mode())
         except Exception as exc:  # safetensors reports a full disk as SafetensorError
-            raise OutputError(f"could not write {path}: {_describe(exc)}; nothing was written") from None
+            raise OutputError(f"could not write {path}: {describe(exc)}; nothing was written") from None
         return path
 
     def write_text(self, path: str | os.PathLike, text: str) -> Path:
@@ -289,7 +290,7 @@ def staged_dir(target: str | os.PathLike, may_replace: Callable[[Path], None] | 
             remove_stale_staging(target.parent)
             staging = Path(tempfile.mkdtemp(prefix=staging_prefix(target.name), suffix=".staging", dir=target.parent))
         except OSError as exc:
-            raise OutputError(f"cannot write {target}: {_describe(exc)}") from None
+            raise OutputError(f"cannot write {target}: {describe(exc)}") from None
         unwind.deferred = False
         try:
             if unwind.pending is not None:
@@ -303,64 +304,5 @@ def staged_dir(target: str | os.PathLike, may_replace: Callable[[Path], None] | 
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, Exception) and not isinstance(exc, RelspecError):  # a full disk, in any library's words
-                raise OutputError(f"could not write {target}: {_describe(exc)}; {target} is unchanged") from None
+                raise OutputError(f"could not write {target}: {describe(exc)}; {target} is unchanged") from None
             raise
-
-
-# ---------------------------------------------------------------------------- folder locks
-
-
-def _holder(lock: Path) -> str:
-    """`` (pid N)`` of the process that holds ``lock``, as it wrote it there; "" when unknown."""
-    try:
-        return f" (pid {int(lock.read_text(encoding='utf-8').split()[0])})"
-    except (OSError, ValueError, IndexError):
-        return ""
-
-
-@contextmanager
-def folder_lock(folder: str | os.PathLike, lock_name: str, flag: str = "--out") -> Iterator[Path]:
-    """Hold ``folder/lock_name`` (``filelock``, never waiting) while a command writes ``folder``.
-
-    A second relspec command that would write the same folder at the same time refuses at once,
-    before its slow work, in one ``OutputError`` line (with the holder's pid): two runs writing one
-    folder would leave files of one and a summary of the other. Taking the lock also checks that the
-    folder can be written (a symbolic link to nothing, a read-only file system, no permission: one
-    line naming ``flag`` and the folder), before the model loads rather than after the whole run.
-    A folder created here and still empty at the end is removed again (a run that fails early
-    leaves nothing); the lock file is removed when the lock is released (the kernel releases the
-    lock of a killed process, so a leftover file never blocks).
-    """
-    from filelock import FileLock, Timeout
-
-    folder = Path(folder)
-    if folder.is_symlink() and not folder.exists():
-        raise OutputError(f"{flag} {folder} is a symbolic link to {os.readlink(folder)}, which does not exist")
-    created = not folder.exists()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {flag} {folder}: {_describe(exc)}") from None
-    path = folder / lock_name
-    lock = FileLock(str(path), timeout=0)
-    try:
-        try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, file_mode()))  # can anything be written there?
-            lock.acquire()
-        except Timeout:
-            raise OutputError(f"another relspec command{_holder(path)} is writing {flag} {folder}; wait until it ends, "
-                              "or write to another folder") from None
-        except OSError as exc:
-            raise OutputError(f"cannot write into {flag} {folder}: {_describe(exc)}") from None
-        try:
-            path.write_text(f"{os.getpid()}\n", encoding="utf-8")
-            yield folder
-        finally:
-            path.unlink(missing_ok=True)  # while still held: a waiting peer sees the unlinked file and refuses
-            lock.release()
-    finally:
-        if created:
-            try:
-                folder.rmdir()  # only if nothing was written
-            except OSError:
-                pass
