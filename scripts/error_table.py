@@ -17,8 +17,10 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +85,24 @@ def _files(tmp: Path) -> dict[str, Path]:
     files["kn_wide"] = tmp / "kn.json"
     (tmp / "expertise.csv").write_text("layer,unit,score\nmodel.layers.0.mlp.up_proj:0,3,0.9\n", encoding="utf-8")
     files["no_ap"] = tmp / "expertise.csv"
+    import pickle
+
+    (tmp / "deep.json").write_text("[" * 100_000, encoding="utf-8")
+    files["kn_deep"] = tmp / "deep.json"
+    (tmp / "plain.pth").write_bytes(pickle.dumps([[[1], [2]]], protocol=4))
+    files["plain_pth"] = tmp / "plain.pth"
+    save_file({"layers.0.up_proj.indices": torch.tensor([1]), "layers.00.up_proj.indices": torch.tensor([2])},
+              str(tmp / "twokeys.safetensors"), metadata={"relspec": json.dumps({"format": "relspec-neuron-set", "format_version": "1",
+                                                                                   "metadata": {"model": tiny}})})
+    files["twokeys"] = tmp / "twokeys.safetensors"
+    gguf_dir = tmp / "gguf_model"
+    gguf_dir.mkdir()
+    (tmp / "outside.gguf").write_bytes(b"GGUF" + bytes(60))
+    (gguf_dir / "notes.gguf").write_text("not a model", encoding="utf-8")
+    files["gguf_dir"] = gguf_dir
+    (tmp / "a-file").write_text("keep", encoding="utf-8")
+    (tmp / "dangling").symlink_to(tmp / "gone")
+    (tmp / "empty_lre").mkdir()
     user = tmp / "user_folder"
     user.mkdir()
     (user / "notes.txt").write_text("mine", encoding="utf-8")
@@ -91,8 +111,23 @@ def _files(tmp: Path) -> dict[str, Path]:
     return files
 
 
-def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dict]]:
+@dataclass
+class Case:
+    """A case that needs more than a command: a run before it (``before``), a lock held on a folder
+    while it runs (``hold``), environment variables (``env``; None unsets), no CUDA (``no_cuda``), or
+    the ``lm_eval`` command line's pre-flight over ``tasks`` (``args`` is then relspec-hf's model_args)."""
+
+    args: list[str] | dict
+    before: list[str] | None = None
+    hold: Path | None = None
+    env: dict[str, str | None] = field(default_factory=dict)
+    no_cuda: bool = False
+    tasks: list[str] | None = None
+
+
+def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dict | Case]]:
     tiny = "relspec-tiny"
+    out = f["user_folder"].parent
     return [
         ("`relspec info` of a missing file", ["info", "missing.safetensors"]),
         ("`relspec info` of a file that is not safetensors", ["info", str(f["garbage"])]),
@@ -135,18 +170,73 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`positions=promt`", {"pretrained": tiny, "neuron_set": str(f["good"]), "positions": "promt"}),
         ("`positions=last` with `ablate_with=weights`", {"pretrained": tiny, "neuron_set": str(f["good"]), "positions": "last", "ablate_with": "weights"}),
         ("`mode=off`", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "off"}),
+        ("`factor=true` (a flag, not a number)", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "scale", "factor": True}),
+        ("`mode=scale,factor=1e39`: not a number in float32", {"pretrained": tiny, "neuron_set": str(f["good"]), "mode": "scale", "factor": 1e39}),
+        ("`export --factor 3e38`: the scaled rows would overflow float32", ["export", "--model", tiny, "--neuron-set", "relspec-tiny/person_father", "--out", str(out / "o"), "--mode", "scale", "--factor", "3e38"]),
+        ("`export --factor 1e37`: finite rows, non-finite outputs", ["export", "--model", tiny, "--neuron-set", "relspec-tiny/person_father", "--out", str(out / "o"), "--mode", "scale", "--factor", "1e37"]),
+        ("`export --factor 7e4 --dtype float16`", ["export", "--model", tiny, "--neuron-set", str(f["good"]), "--out", str(out / "o"), "--mode", "scale", "--factor", "7e4", "--dtype", "float16"]),
+        ("a set file with a non-canonical key (`layers.00.…`)", ["info", str(f["twokeys"])]),
+        ("`info --compare` with one file", ["info", "--compare", str(f["good"])]),
+        ("`convert kn` of a deeply nested JSON", ["convert", "kn", str(f["kn_deep"]), "--model", tiny, "--out", str(out / "c")]),
+        ("`convert lape` of a plain pickle", ["convert", "lape", str(f["plain_pth"]), "--model", tiny, "--out", str(out / "c")]),
+        ("`convert kn --uuids` with a repeated uuid", ["convert", "kn", str(f["kn_wide"]), "--uuids", "fact-1,fact-1", "--model", tiny, "--out", str(out / "c")]),
+        ("`--gguf-file` outside the model folder", ["export", "--model", str(f["gguf_dir"]), "--gguf-file", "../outside.gguf", "--neuron-set", str(f["good"]), "--out", str(out / "o")]),
+        ("`--gguf-file` that is not a GGUF file", ["export", "--model", str(f["gguf_dir"]), "--gguf-file", "notes.gguf", "--neuron-set", str(f["good"]), "--out", str(out / "o")]),
+        ("`identify --out` a dangling symbolic link", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(out / "dangling")]),
+        ("`identify --out` below a file", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(out / "a-file" / "s")]),
+        ("`export --out` a dangling symbolic link", ["export", "--model", tiny, "--neuron-set", str(f["good"]), "--out", str(out / "dangling")]),
+        ("`identify` into a folder another command is writing", Case(["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(out / "busy")], hold=out / "busy")),
+        ("`identify` into a folder of another run (k 20, then k 30)", Case(["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--relations", "person_pro_sport", "--k", "30", "--out", str(out / "run"), "--quiet"],
+                                                                       before=["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--relations", "person_pro_sport", "--k", "20", "--out", str(out / "run"), "--quiet"])),
+        ("`--device gpu`", ["reproduce", "--model", tiny, "--neuron-sets", "relspec-tiny", "--suite", "synthetic", "--out", str(out / "r"), "--device", "gpu"]),
+        ("`--device cuda` where torch sees no GPU", Case(["reproduce", "--model", tiny, "--neuron-sets", "relspec-tiny", "--suite", "synthetic", "--out", str(out / "r"), "--device", "cuda"], no_cuda=True)),
+        ("`select --k 0`", ["select", "--k", "0", str(shipped / "relspec-tiny" / "scores" / "person_father.safetensors")]),
+        ("`lm_eval` of a relation task whose file `RELSPEC_LRE_DIR` lacks", Case({"pretrained": tiny}, tasks=["relation_recall_product_company"], env={"RELSPEC_LRE_DIR": str(out / "empty_lre"), "RELSPEC_OFFLINE": "1"})),
+        ("`lm_eval` of a relation task offline, not in the cache", Case({"pretrained": tiny}, tasks=["relation_recall_product_company"], env={"RELSPEC_LRE_DIR": None, "RELSPEC_OFFLINE": "1", "RELSPEC_CACHE_DIR": str(out / "empty_cache")})),
     ]
 
 
-def _run(case: list[str] | dict) -> tuple[str, int]:
+@contextlib.contextmanager
+def _around(case: Case):
+    """The case's environment, held lock and CUDA switch, undone afterwards."""
+    import torch
+
+    from relspec_lmeval.sets.folder import LOCK_FILE
+    from relspec_lmeval.util.locks import folder_lock
+
+    saved = {k: os.environ.get(k) for k in case.env}
+    cuda = torch.cuda.is_available
+    try:
+        for key, value in case.env.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        if case.no_cuda:
+            torch.cuda.is_available = lambda: False
+        with folder_lock(case.hold, LOCK_FILE) if case.hold else contextlib.nullcontext():
+            yield
+    finally:
+        torch.cuda.is_available = cuda
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def _run(case: list[str] | dict | Case) -> tuple[str, int]:
     from relspec_lmeval.cli import main
     from relspec_lmeval.errors import RelspecError
 
+    if isinstance(case, Case):
+        if case.before:
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                assert main(case.before) == 0, f"the run before the case failed: {case.before}"
+        with _around(case):
+            return _preflight(case) if case.tasks else _run(case.args)
     err = io.StringIO()
     if isinstance(case, list):
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            code = main(case)
-        lines = [line for line in err.getvalue().splitlines() if line.startswith("relspec: error:")]
+            try:
+                code = main(case)
+            except SystemExit as exc:  # argparse's own errors: "relspec <command>: error: …", exit 2
+                code = exc.code
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("relspec") and ": error: " in line]
         return (lines[0] if lines else err.getvalue().strip()), code
     from lm_eval.api.registry import get_model
 
@@ -158,9 +248,35 @@ def _run(case: list[str] | dict) -> tuple[str, int]:
     return "(accepted)", 0
 
 
+def _preflight(case: Case) -> tuple[str, int]:
+    """``lm_eval run --model relspec-hf --model_args … --tasks …`` up to the hook's pre-flight."""
+    from relspec_lmeval.errors import RelspecError
+    from relspec_lmeval.lm.preflight import check_cli_args
+
+    namespace = argparse.Namespace(command="run", model="relspec-hf", model_args=case.args, tasks=case.tasks, metadata=None, config=None)
+    try:
+        check_cli_args(namespace)
+    except RelspecError as exc:
+        return f"lm_eval: error: relspec-hf: {exc}", 2  # as the import hook prints it
+    return "(accepted)", 0
+
+
+def _command(case: list[str] | dict | Case) -> str:
+    if isinstance(case, Case):
+        env = " ".join(f"{k}={v}" for k, v in case.env.items() if v is not None)
+        unset = " ".join(f"-u {k}" for k, v in case.env.items() if v is None)
+        prefix = ("env " + " ".join(x for x in (unset, env) if x) + " ") if case.env else ""
+        tasks = f" --tasks {','.join(case.tasks)}" if case.tasks else ""
+        return prefix + _command(case.args) + tasks
+    if isinstance(case, dict):
+        return "lm_eval --model relspec-hf --model_args " + ",".join(f"{k}={v}" for k, v in case.items())
+    return "relspec " + " ".join(case)
+
+
 def _placeholders(text: str, tmp: Path, shipped: Path) -> str:
     for path, name in ((shipped.resolve(), "SHIPPED"), (shipped, "SHIPPED"), (tmp.resolve(), "TMP"), (tmp, "TMP"), (ROOT, "REPO")):
         text = text.replace(str(path), name)
+    text = re.sub(r"\(pid \d+\)", "(pid N)", text)  # the holder of a lock: another process each run
     return text.replace("|", "\\|")
 
 
@@ -178,7 +294,7 @@ def render() -> str:
             files = _files(tmp)
             for title, case in _cases(files, shipped):
                 message, code = _run(case)
-                command = "lm_eval --model relspec-hf --model_args " + ",".join(f"{k}={v}" for k, v in case.items()) if isinstance(case, dict) else "relspec " + " ".join(case)
+                command = _command(case)
                 rows.append(f"| {title}<br>`{_placeholders(command, tmp, shipped)}` | {_placeholders(message, tmp, shipped)} | {code} |")
         finally:
             os.chdir(cwd)
