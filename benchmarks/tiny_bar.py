@@ -43,6 +43,12 @@ WORLD = ROOT / "models" / "relspec-tiny" / "world"
 BAR = {"eva": 0.95, "eva_t2": 0.80, "own": 0.50, "others": 0.10, "random": 0.05}
 
 
+def _shown(path) -> str:
+    """A path as the record shows it: relative to the checkout when inside it (no machine's absolute paths)."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def mean(values) -> float:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "random": summary["random_drop_mean"] <= BAR["random"],
     }
     record = {
-        "model": args.model, "sets": str(args.sets), "neurons": total, "k_percent": round(100 * k / total, 3),
+        "model": _shown(args.model), "sets": _shown(args.sets), "neurons": total, "k_percent": round(100 * k / total, 3),
         "bar": BAR, "met": met, "summary": summary,
         "original": base, "original_t2": base_t2, **main_k,
         "sweep": {str(k): v for k, v in sweep.items()},
