@@ -1,5 +1,5 @@
 """``relspec random``: one plain control per (k, seed) shared by every relation of a folder;
-layer-matched ones per relation; legacy per-relation folders still read; nothing replaced silently.
+layer-matched and site-matched ones per relation; legacy per-relation folders still read; nothing replaced silently.
 
 Built on copies of the shipped relspec-tiny sets (k = 38, one identify run: the scores files
 agree on the means) and its shipped model, so nothing here trains or runs a model.
@@ -172,3 +172,106 @@ def test_old_shipped_control_names_name_the_shared_files():
         with pytest.raises(Exception, match="not found"):
             resolve_set_path(gone)
     assert not [p for p in SHIPPED.rglob("random/*.safetensors") if not p.name.startswith("k")]  # the migration is complete
+
+
+# ---------------------------------------------------------------------------- site-matched controls (#21)
+
+
+def concentrated() -> NeuronSet:
+    """A set of relspec-tiny's shape whose 40 neurons all sit in layer 3 (20 gate_proj, 5 up_proj, 15 down_proj)."""
+    base = NeuronSet.load(SHIPPED / "company_hq.safetensors")
+    return NeuronSet({(3, "gate_proj"): list(range(20)), (3, "up_proj"): list(range(5)), (3, "down_proj"): list(range(15))},
+                     {"model": base.metadata["model"]})
+
+
+def test_a_site_matched_draw_matches_the_sites_not_the_layers():
+    from relspec_lmeval.identify.draws import site_matched_draw
+
+    base = concentrated()
+    shape = base.recorded_shape()
+    drawn = NeuronSet(site_matched_draw(base, shape, 0))
+    assert drawn.count_per_site() == base.count_per_site() == {"gate_proj": 20, "up_proj": 5, "down_proj": 15}
+    assert len(drawn.count_per_layer()) >= 4 and drawn.count_per_layer() != base.count_per_layer()  # spread over the 6 layers
+    drawn.validate(shape)  # every index within its site's width
+    assert all(torch.equal(idx, torch.sort(idx).values) for idx in drawn.neurons.values())
+    again, other = (NeuronSet(site_matched_draw(base, shape, s)) for s in (0, 1))
+    assert again.keys() == drawn.keys() and other.keys() != drawn.keys()  # seeded: the same seed, the same neurons
+    shipped = NeuronSet.load(SHIPPED / "person_father.safetensors")
+    assert NeuronSet(site_matched_draw(shipped, shape, 3)).count_per_site() == shipped.count_per_site()
+
+
+def test_site_matched_control_files(sets, capsys):
+    folder = SetsFolder(sets)
+    assert folder.find_site_random("person_father", 0) is None
+    paths = random_sets([str(sets / f"{r}.safetensors") for r in TWO], [0, 1], site_matched=True, command="test")
+    assert paths == [folder.site_random_path(r, s) for r in TWO for s in (0, 1)]
+    assert folder.site_random_path("person_father", 1) == sets / "random" / "person_father-site-seed1.safetensors"
+    assert folder.find_site_random("person_father", 1) == paths[3] and folder.find_site_random("person_father", 2) is None
+    for relation, path in zip([r for r in TWO for _ in (0, 1)], paths):
+        control, base = NeuronSet.load(path), NeuronSet.load(sets / f"{relation}.safetensors")
+        meta = control.metadata
+        assert meta["method"] == "random-site-matched" and meta["site_matched"] is True and "layer_matched" not in meta
+        assert meta["relation"] == relation and meta["k"] == len(base) == len(control) and meta["seed"] == int(path.stem[-1])
+        assert meta["like"] == {"path": str(sets / f"{relation}.safetensors"), "sha256": base.sha256()} and meta["command"] == "test"
+        assert control.count_per_site() == base.count_per_site() and control.has_means and control.scores
+    assert NeuronSet.load(paths[0]).keys() != NeuronSet.load(paths[1]).keys()
+    # not mistaken for a legacy plain control of a relation "<r>-site"
+    assert SetsFolder.legacy_random_name(paths[0]) is None and folder.find_random("person_father-site", 38, 0) is None
+
+    # like the layer-matched ones: the relation's own, so a new call replaces them (the same call: the same bytes)
+    before = paths[0].read_bytes()
+    paths[0].write_bytes(b"stale")
+    assert main(["random", "--like", str(sets / "company_hq.safetensors"), "--seeds", "1", "--site-matched"]) == 0
+    assert "wrote 1 random control set(s)" in capsys.readouterr().out
+    assert NeuronSet.load(paths[0]).metadata["command"] != "test" and len(NeuronSet.load(paths[0])) == 38  # replaced, no --force
+    assert random_sets([str(sets / "company_hq.safetensors")], [0], site_matched=True, command="test") == [paths[0]]
+    assert paths[0].read_bytes() == before
+    # and a folder in the way is refused, --force or not, before anything is written
+    shutil.rmtree(sets / "random")
+    folder.site_random_path("person_father", 1).mkdir(parents=True)
+    for force in ([], ["--force"]):
+        assert main(["random", "--like", *(str(sets / f"{r}.safetensors") for r in TWO), "--seeds", "2", "--site-matched", *force]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"relspec: error: {folder.site_random_path('person_father', 1)} is a folder, not a random control; move it away"
+        assert sorted(p.name for p in (sets / "random").iterdir()) == ["person_father-site-seed1.safetensors"]
+
+
+def test_layer_and_site_matched_exclude_each_other(sets, capsys):
+    argv = ["random", "--like", str(sets / "company_hq.safetensors"), "--seeds", "1", "--layer-matched", "--site-matched"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "relspec: error: --layer-matched and --site-matched exclude each other: give one (or neither, for plain controls)"]
+    from relspec_lmeval.errors import UsageError
+
+    with pytest.raises(UsageError, match="layer_matched and site_matched exclude each other"):
+        random_controls([str(sets / "company_hq.safetensors")], 1, layer_matched=True, site_matched=True)
+    assert not (sets / "random").exists()
+
+
+def test_identify_force_removes_site_matched_controls(tmp_path):
+    """``relspec identify --force`` replaces the whole run: its site-matched controls go with its sets."""
+    import json
+
+    from relspec_lmeval.identify.config import IdentifyConfig
+    from relspec_lmeval.identify.pipeline import identify
+
+    world = tmp_path / "world"
+    world.mkdir()
+    for name in ("person_father", "company_ceo"):  # the other relation gives the negatives
+        raw = json.loads((REPO / "models" / "relspec-tiny" / "world" / f"{name}.json").read_text(encoding="utf-8"))
+        raw["samples"] = raw["samples"][:48]
+        (world / f"{name}.json").write_text(json.dumps(raw), encoding="utf-8")
+    out = tmp_path / "ns"
+
+    def run(k: int, force: bool = False) -> None:
+        identify(IdentifyConfig(model="relspec-tiny", out=str(out), data=str(world), relations="person_father", k=k, min_positives=5,
+                                batch_size=16, device="cpu", command="test", progress=False, print_table=False, force=force))
+
+    run(20)
+    assert main(["random", "--like", str(out / "person_father.safetensors"), "--seeds", "2", "--site-matched"]) == 0
+    site = [SetsFolder(out).site_random_path("person_father", s) for s in (0, 1)]
+    assert all(p.is_file() for p in site) and set(site) <= set(SetsFolder(out).run_files())
+    run(20)  # the same run again: the folder's consistency checks see no stray set, and the controls stay
+    assert all(p.is_file() for p in site)
+    run(30, force=True)
+    assert not (out / "random").exists() and sorted(p.name for p in out.glob("*.safetensors")) == ["person_father.safetensors"]

@@ -105,11 +105,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_random(args: argparse.Namespace) -> None:
+    if args.layer_matched and args.site_matched:  # before torch loads: a flag error answers at once
+        raise UsageError("--layer-matched and --site-matched exclude each other: give one (or neither, for plain controls)")
     from relspec_lmeval.identify.controls import random_controls
 
     written = random_controls(
-        args.like, args.seeds, layer_matched=args.layer_matched, out=args.out, model=args.model, command=command_line(args),
-        force=args.force,
+        args.like, args.seeds, layer_matched=args.layer_matched, site_matched=args.site_matched, out=args.out, model=args.model,
+        command=command_line(args), force=args.force,
     )
     folders = sorted({str(p.parent) for p in written})
     kept = sum(1 for now in written.values() if not now)
@@ -171,7 +173,9 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser("random", help="write random control sets like a given set")
     r.add_argument("--like", required=True, nargs="+", metavar="SET", help="neuron-set file(s) or shipped name(s)")
     r.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..N-1 (default 10)")
-    r.add_argument("--layer-matched", action="store_true", help="same count per layer and site as the set")
+    r.add_argument("--layer-matched", action="store_true", help="same count per layer and site as the set (random/<relation>-layer-seed<N>)")
+    r.add_argument("--site-matched", action="store_true",
+                   help="same count per site as the set, any layer (random/<relation>-site-seed<N>; not with --layer-matched)")
     r.add_argument("--out", default=None, help="folder (files go to <out>/random/; default: the set's folder, or the working directory for a shipped set)")
     r.add_argument("--force", action="store_true", help="replace a shared random/k<K>-seed<N> file that holds something else")
     r.add_argument("--model", default=None, help="model, when the set records no shape (also checks the shape)")

@@ -2,7 +2,8 @@
 
 Random controls draw as many neurons as a relation's set (``identify.draws``): plain ones
 are one file per (k, seed) that every relation with k neurons shares, layer-matched ones
-(per (layer, site)) one per relation; re-cuts take another k (or rank range) from a stored scores file. Both
+(per (layer, site)) and site-matched ones (per site) one per relation; re-cuts take another
+k (or rank range) from a stored scores file. Both
 validate their input the way every reader of a set does (``NeuronSet.validate``), check
 everything before writing anything, and never write into the shipped files: by default
 they write into the input's sets folder, or the working directory when that is shipped.
@@ -19,7 +20,7 @@ from typing import Any
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError, OutputError, RelspecError, UsageError
-from relspec_lmeval.identify.draws import holds_plain_draw, layer_matched_draw, plain_draw
+from relspec_lmeval.identify.draws import holds_plain_draw, layer_matched_draw, plain_draw, site_matched_draw
 from relspec_lmeval.modelio.load import load_config
 from relspec_lmeval.sets.folder import SetsFolder, locked
 from relspec_lmeval.sets.neuron_set import NeuronSet
@@ -115,13 +116,15 @@ class _Control:
     means_by_scores: list[tuple[Path, dict[Site, Any]]] = field(default_factory=list)
 
 
-def _layer_matched(like: _Like, seed: int, command: str | None) -> _Control:
-    grouped = layer_matched_draw(like.base, like.shape, seed)
-    metadata = {"model": like.block, "method": "random-layer-matched", "relation": like.relation, "k": len(like.base), "seed": int(seed),
-                "layer_matched": True, "like": {"path": str(like.name), "sha256": like.base.sha256()},
+def _matched(like: _Like, seed: int, command: str | None, match: str) -> _Control:
+    """The relation's own control, matched per (layer, site) (``match="layer"``) or per site (``"site"``)."""
+    draw, path = (layer_matched_draw, like.folder.layer_random_path) if match == "layer" else (site_matched_draw, like.folder.site_random_path)
+    grouped = draw(like.base, like.shape, seed)
+    metadata = {"model": like.block, "method": f"random-{match}-matched", "relation": like.relation, "k": len(like.base), "seed": int(seed),
+                f"{match}_matched": True, "like": {"path": str(like.name), "sha256": like.base.sha256()},
                 "package_version": __version__, "command": command}
     made = NeuronSet(grouped, metadata, scores=like.gathered(grouped, "ap"), means=like.gathered(grouped, "means"))
-    return _Control(like.folder.layer_random_path(like.relation, seed), made)
+    return _Control(path(like.relation, seed), made)
 
 
 def _shared(likes: list[_Like], k: int, seed: int, command: str | None) -> _Control:
@@ -162,7 +165,7 @@ def _kept(control: _Control, force: bool) -> bool:
     if path.is_dir():
         raise OutputError(f"{path} is a folder, not a random control; move it away")
     if control.shape is None or not path.exists():
-        return False  # a layer-matched control is its relation's own, and follows its set
+        return False  # a layer- or site-matched control is its relation's own, and follows its set
     try:
         existing = NeuronSet.load(path)
     except RelspecError as exc:
@@ -192,6 +195,7 @@ def random_controls(
     seeds: int | Sequence[int] = 10,
     *,
     layer_matched: bool = False,
+    site_matched: bool = False,
     out: str | os.PathLike | None = None,
     model: str | None = None,
     revision: str | None = None,
@@ -205,21 +209,25 @@ def random_controls(
     listing the sets it serves (``like``), with the means when their scores files agree on
     them and no per-neuron scores. One that already holds the draw is kept as it is;
     ``--layer-matched`` controls are per relation, ``<out>/random/<relation>-layer-seed<N>``,
-    with the relation's scores and means. Default ``out``: the set's folder (the working
-    directory for a shipped set). Returns every control file of the call, once, with
+    with the relation's scores and means; ``--site-matched`` ones likewise,
+    ``<out>/random/<relation>-site-seed<N>`` (as many per site as the set has, any layer).
+    Default ``out``: the set's folder (the working directory for a shipped set). Returns every control file of the call, once, with
     whether it was written now (False: it was there already).
 
     Raises ``NeuronSetError`` for a set that does not fit its shape, ``UsageError`` for no
-    seeds, ``OutputError`` for a shipped ``out`` or a shared file that holds something else
-    (unless ``force``), all before anything is written.
+    seeds or both ``layer_matched`` and ``site_matched``, ``OutputError`` for a shipped ``out``
+    or a shared file that holds something else (unless ``force``), all before anything is written.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise UsageError("--seeds must be at least 1")
+    if layer_matched and site_matched:
+        raise UsageError("layer_matched and site_matched exclude each other: give one (or neither, for plain controls)")
     likes = [_load_like(name, model, revision, out) for name in like]  # every input is checked before anything is written
     controls: list[_Control] = []
-    if layer_matched:
-        controls = [_layer_matched(one, seed, command) for one in likes for seed in seed_list]
+    if layer_matched or site_matched:
+        match = "layer" if layer_matched else "site"
+        controls = [_matched(one, seed, command, match) for one in likes for seed in seed_list]
     else:
         groups: dict[tuple[Path, int], list[_Like]] = {}
         for one in likes:

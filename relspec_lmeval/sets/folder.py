@@ -106,8 +106,9 @@ class SetsFolder:
 
     def find_random(self, relation: str, k: int, seed: int) -> Path | None:
         """The plain control of ``relation``'s set (``k`` neurons) here: the shared file, else a
-        legacy per-relation one, else None."""
-        for path in (self.random_path(k, seed), self.legacy_random_path(relation, seed)):
+        legacy per-relation one, else None (never a layer- or site-matched control: ``<r>-site`` is no relation's legacy name)."""
+        legacy = [] if relation.endswith(_MATCHED) else [self.legacy_random_path(relation, seed)]
+        for path in (self.random_path(k, seed), *legacy):
             if path.is_file():
                 return path
         return None
