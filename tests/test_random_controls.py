@@ -147,7 +147,7 @@ def test_legacy_folders_still_serve_reproduce(sets, tmp_path):
     # an OUT/sets/random file that holds something else (another model's draw, an old file) is made again
     stale = SetsFolder(out / "sets").random_path(38, 1)
     NeuronSet({(0, "up_proj"): list(range(38))}, {"model": base.metadata["model"]}).save(stale)
-    cfg = ReproduceConfig(model="relspec-tiny", neuron_sets=str(sets), suite="synthetic", out=str(out), relations=",".join(TWO),
+    cfg = ReproduceConfig(model="relspec-tiny", site_seeds=0, neuron_sets=str(sets), suite="synthetic", out=str(out), relations=",".join(TWO),
                           seeds=2, ks=[38], progress=False)
     inp = prepare(cfg)
     made = SetsFolder(out / "sets")

@@ -121,22 +121,28 @@ def test_plan(study):
     plan = _plan(study)
     kinds = [r["conditions"][0].split("-")[0] for r in plan]
     # P^det has its own limit, so every condition evaluated on it has two runs; both sets have
-    # k = 25, so their random controls are one file per seed and share its runs
+    # k = 25, so their uniform random controls are one file per seed and share its runs; the
+    # site-matched controls are each relation's own (2 relations × 2 seeds × 2 limits)
     assert kinds.count("baseline") == 2 and kinds.count("own") == 4 and kinds.count("random") == 4
-    assert kinds.count("topk") == 4 and kinds.count("ranks") == 2 and len(plan) == 16
-    shared = [r for r in plan if r["conditions"][0].startswith("random")]
+    assert kinds.count("random_site") == 8 and kinds.count("topk") == 4 and kinds.count("ranks") == 2 and len(plan) == 24
+    shared = [r for r in plan if r["conditions"][0].startswith("random-")]
     assert all(r["conditions"] == [f"random-{rel}-seed{r['conditions'][0][-1]}" for rel in RELATIONS.split(",")] for r in shared)
     assert sorted({Path(r["sets"][0]).name for r in shared}) == ["k25-seed0.safetensors", "k25-seed1.safetensors"]
     eva = next(r for r in shared if r["limit"] == 3)
-    assert sorted(eva["tasks"]) == sorted(f"relation_{g}_{rel}" for g in ("recall", "choice") for rel in RELATIONS.split(","))
+    assert sorted(eva["tasks"]) == sorted(f"relation_{g}_{rel}" for g in ("recall", "choice", "logprob") for rel in RELATIONS.split(","))
+    site = [r for r in plan if r["conditions"] == ["random_site-person_father-seed1"]]
+    assert sorted(r["limit"] for r in site) == [2, 3] and Path(site[0]["sets"][0]).name == "person_father-site-seed1.safetensors"
+    assert sorted(next(r for r in site if r["limit"] == 2)["tasks"]) == ["relation_logprob_det_person_father", "relation_recall_det_person_father"]
     own = [r for r in plan if r["conditions"] == ["own-person_father"]]
     eva_part = next(r for r in own if r["limit"] == 3)
-    langs = [f"relation_recall_{lang}_person_father" for lang in SUITE.languages]
+    langs = [f"relation_{kind}_{lang}_person_father" for kind in ("recall", "logprob") for lang in SUITE.languages]
     assert set(eva_part["tasks"]) == {
         "relation_recall_person_father", "relation_recall_person_mother", "relation_recall_t2_person_father",
         "relation_recall_t2_person_mother", "relation_ppl_person_father", *langs,
-        "relation_choice_person_father"}  # the multiple-choice version, of the own relation
-    assert next(r for r in own if r["limit"] == 2)["tasks"] == ["relation_recall_det_person_father"]
+        "relation_choice_person_father",  # the multiple-choice version, of the own relation
+        "relation_logprob_person_father", "relation_logprob_person_mother",  # the gold's log-probability: Fig. 4 in nats
+        "relation_logprob_t2_person_father"}
+    assert next(r for r in own if r["limit"] == 2)["tasks"] == ["relation_recall_det_person_father", "relation_logprob_det_person_father"]
     ranks = next(r for r in plan if r["conditions"] == ["ranks-person_mother-k40-skip10"])
     assert ranks["tasks"] == ["relation_recall_person_mother"]
     assert NeuronSet.load(ranks["sets"][0]).metadata["skip"] == 10  # made from the scores, under OUT/sets
@@ -145,7 +151,7 @@ def test_plan(study):
 
 
 def test_rerun_does_no_evaluations(study):
-    assert study["first"] == {"evaluate": 16, "load": 1}
+    assert study["first"] == {"evaluate": 24, "load": 1}
     assert study["second"] == {"evaluate": 0, "load": 0}
     report = (study["out"] / "report.md").read_text()
     assert "this invocation found every run stored and ran none" in report
@@ -167,7 +173,7 @@ def test_topk_equal_to_the_set_shares_its_run(study):
     assert inp.derived[Condition("topk", "person_father", k=25)] == inp.main["person_father"]
     assert inp.ks == [25] and not any(c.kind == "ranks" for c in inp.derived)
     plan = rp.build_plan(inp)
-    assert len(plan) == 1 + 2 + 1  # baseline, own (also top-25), one seed shared by both relations
+    assert len(plan) == 1 + 2 + 1 + 2  # baseline, own (also top-25), one uniform seed shared by both relations, one site-matched each
     own = next(r for r in plan if r.conditions[0] == Condition("own", "person_father"))
     assert own.conditions == (Condition("own", "person_father"), Condition("topk", "person_father", k=25))
     assert "relation_recall_det_person_father" in own.tasks and own.limit == 3
@@ -255,17 +261,60 @@ def test_zero_original_accuracy_is_na(study):
     report = (study["out"] / "report.md").read_text()
     assert "original accuracy 0 for person_mother" in report
     # a model that answers (almost) nothing: the report says its drops are noise
-    assert "**Caution:** the original model answers fewer than 5 P^eva documents correctly" in report
+    assert "**Caution:** the original model answers fewer than 10 P^eva documents correctly" in report
 
 
 def test_report_and_figures(study):
     report = (study["out"] / "report.md").read_text()
     links = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
-    assert len(links) == 7 and all((study["out"] / link).is_file() for link in links)
+    assert len(links) == 10 and all((study["out"] / link).is_file() for link in links)  # 7, and Fig. 3, 4, 5 in log-prob
     assert {p.name for p in (study["out"] / "figures").glob("*.png")} == {Path(link).name for link in links}
-    assert "Run time of the whole plan" in report and "16 lm-eval runs" in report
-    for heading in ("Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Table 3", "Table 2", "Fig. 7", "Fig. 8"):
+    assert "Run time of the whole plan" in report and "24 lm-eval runs" in report
+    for heading in ("Verdicts", "Fig. 1", "Fig. 2", "Fig. 3", "Fig. 4", "Fig. 5", "Table 3", "Table 2", "Fig. 7", "Fig. 8"):
         assert f"## {heading}" in report
+    assert report.index("## Verdicts") < report.index("## Fig. 1")  # the verdict table first
+
+
+def test_verdicts_on_a_model_without_power(study):
+    """3 documents per task: no metric has power, so every relation-level finding cannot tell, and says why."""
+    rows = {r["finding"]: r for r in _csv(study, "verdicts")}
+    assert len(rows) == 11
+    own = next(r for f, r in rows.items() if f.startswith("2. own set's drop"))
+    assert own["verdict"] == "cannot tell" and "needs ≥ 10 correct P^eva documents in ≥ 3 relations" in own["needed"]
+    assert "logprob: needs ≥ 10 scored P^eva documents in ≥ 3 relations; this model has 0" in own["needed"]
+    intra = [r for r in _csv(study, "fig3_intra_ci") if r["metric"] == "logprob" and r["split"] == "P^eva"]
+    assert {r["relation"] for r in intra} == set(RELATIONS.split(",")) and all(r["documents"] == "3" for r in intra)
+    assert all(r["random_seeds"] == "2" and r["site_seeds"] == "2" for r in intra)
+
+
+def test_per_sample_keeps_every_metric(study):
+    ours = _run(study, "own-person_father")["relspec_reproduce"]["per_sample"]
+    assert set(ours["relation_recall_person_father"]) == {"acc", "acc_lenient"}
+    assert set(ours["relation_logprob_person_father"]) == {"logprob", "logprob_first", "greedy"}
+    assert set(ours["relation_choice_person_father"]) == {"acc", "acc_norm"}
+    assert all(len(pair) == 2 for pair in ours["relation_ppl_person_father"]["word_perplexity"])  # [loglik, words]
+    assert all(len(v) == 3 for task in ours.values() for v in task.values())
+
+
+def test_reads_run_files_of_the_previous_version(study, tmp_path):
+    """Run files whose per_sample is a plain 0/1 list of acc (the previous version) still make a report."""
+    out = tmp_path / "old"
+    shutil.copytree(study["out"], out, ignore=shutil.ignore_patterns("tables", "figures", "report.md"))
+    for path in (out / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        per = record["relspec_reproduce"]["per_sample"]
+        record["relspec_reproduce"]["per_sample"] = {t: [int(v) for v in m["acc"]] for t, m in per.items() if "acc" in m}
+        path.write_text(json.dumps(record))
+    args = list(study["args"])
+    args[args.index("--out") + 1] = str(out)
+    with pytest.MonkeyPatch.context() as mp:
+        _data_env(mp, study["data"], study["root"] / "cache")
+        mp.setattr(rp, "load_lm", lambda cfg: pytest.fail("every run is stored: no model"))
+        assert cli_main(_cli(args)) == 0
+    assert _csv(study, "table3_cumulativity") == list(csv.DictReader((out / "tables" / "table3_cumulativity.csv").open()))
+    assert _csv(study, "fig3_intra") == list(csv.DictReader((out / "tables" / "fig3_intra.csv").open()))
+    old = {r["finding"]: r for r in csv.DictReader((out / "tables" / "verdicts.csv").open())}
+    assert "not measured on P^eva" in next(r for f, r in old.items() if f.startswith("2. own set's drop"))["needed"]
 
 
 # ---------------------------------------------------------------------------- analysis alone

@@ -97,20 +97,37 @@ class Suite:
     ppl: str
     languages: tuple[str, ...] = ()  # groups ``<eva>_<language>``
     choice: str | None = None  # the multiple-choice version of P^eva, reported beside acc
+    # the gold's log-probability on P^eva; its P^det, P^eva-2 and language groups are ``<logprob>_det``,
+    # ``_t2``, ``_<language>`` (the same documents as the recall group of that split)
+    logprob: str | None = None
 
     def language_group(self, language: str) -> str:
         return self.eva if language == "en" else f"{self.eva}_{language}"
 
+    def recall_group(self, split: str) -> str:
+        """The recall group of ``split``: ``eva``, ``det``, ``t2`` or a language (``en`` is P^eva)."""
+        return {"eva": self.eva, "det": self.det, "t2": self.t2}.get(split) or self.language_group(split)
+
+    def logprob_group(self, split: str) -> str | None:
+        """The log-probability group of ``split`` (as ``recall_group``); None when the suite has none."""
+        if self.logprob is None:
+            return None
+        return self.logprob if split in ("eva", "en") else f"{self.logprob}_{split}"
+
+    def logprob_groups(self) -> list[str]:
+        return [g for split in ("eva", "det", "t2", *self.languages) if (g := self.logprob_group(split))]
+
     def groups(self) -> list[str]:
         return [self.eva, self.det, self.t2, self.ppl, *(self.language_group(lang) for lang in self.languages),
-                *([self.choice] if self.choice else [])]
+                *([self.choice] if self.choice else []), *self.logprob_groups()]
 
 
 SUITES = {
-    "lre": Suite("lre", "relation_recall", "relation_recall_det", "relation_recall_t2", "relation_ppl", LANGUAGES, "relation_choice"),
+    "lre": Suite("lre", "relation_recall", "relation_recall_det", "relation_recall_t2", "relation_ppl", LANGUAGES, "relation_choice",
+                 "relation_logprob"),
     "synthetic": Suite(
         "synthetic", "relation_recall_synthetic", "relation_recall_synthetic_det", "relation_recall_synthetic_t2",
-        "relation_ppl_synthetic", choice="relation_choice_synthetic",
+        "relation_ppl_synthetic", choice="relation_choice_synthetic", logprob="relation_logprob_synthetic",
     ),
 }
 

@@ -107,15 +107,21 @@ def figure_intra(study: Study, rows: list[Row], path: Path) -> None:
     _save(fig, path)
 
 
-def figure_matrix(study: Study, rows: list[Row], path: Path, title: str) -> None:
+def figure_matrix(study: Study, rows: list[Row], path: Path, title: str, scale: float | None = 1.0) -> None:
+    """Drops as a heatmap: relative (``scale`` 1: ±100%) or, ``scale=None``, in nats, symmetric around 0 at the largest cell."""
     plt = _plt()
     rel = study.relations
     fig, ax = plt.subplots(figsize=(0.55 * len(rel) + 3, 0.5 * len(rel) + 2))
-    image = _heatmap(ax, [[row[c] for c in rel] for row in rows], rel, rel, cmap="RdBu_r", vmin=-1, vmax=1,
-                     fmt=lambda v: f"{100 * v:.0f}", title=title)
+    matrix = [[row[c] for c in rel] for row in rows]
+    if scale is None:
+        scale = max((abs(v) for row in matrix for v in row if v is not None), default=0) or 1.0
+        fmt, label = (lambda v: f"{v:.1f}"), "drop in nats (negative: more probable)"
+    else:
+        fmt, label = (lambda v: f"{100 * v:.0f}"), "relative drop (negative: improved)"
+    image = _heatmap(ax, matrix, rel, rel, cmap="RdBu_r", vmin=-scale, vmax=scale, fmt=fmt, title=title)
     ax.set_xlabel("evaluated relation")
     ax.set_ylabel("deactivated relation")
-    fig.colorbar(image, ax=ax, fraction=0.04, label="relative drop (negative: improved)")
+    fig.colorbar(image, ax=ax, fraction=0.04, label=label)
     _save(fig, path)
 
 
@@ -133,7 +139,8 @@ def figure_k_sweep(study: Study, rows: list[Row], path: Path) -> None:
         original = mean_present([x[key] for x in base])
         if original is not None:
             ax.axhline(original, color=color, linestyle="--", linewidth=0.8, label=f"{label}, original")
-    ax.set_xscale("log")
+    if ks:  # no k below the model's size: an empty plot, not a log scale of nothing
+        ax.set_xscale("log")
     ax.set_xlabel("k (top-k neurons of the relation deactivated)")
     ax.set_ylabel("accuracy on P^eva")
     ax.legend(fontsize=7)
@@ -168,3 +175,50 @@ def figure_templates(study: Study, rows: list[Row], t2_matrix: list[Row], path: 
     _save(fig, path)
 
 
+
+
+def _errors(rows: list[Row], key: str) -> tuple[list[float], list[list[float]]]:
+    """Values and asymmetric error bars (``key``, ``key_low``, ``key_high``; NaN where absent)."""
+    nan = float("nan")
+    values = [nan if r[key] is None else r[key] for r in rows]
+    low = [0.0 if r[key] is None or r[f"{key}_low"] is None else r[key] - r[f"{key}_low"] for r in rows]
+    high = [0.0 if r[key] is None or r[f"{key}_high"] is None else r[f"{key}_high"] - r[key] for r in rows]
+    return values, [low, high]
+
+
+def figure_intra_ci(study: Study, rows: list[Row], path: Path) -> None:
+    """Fig. 3 in log-probability: own and random drops (nats) with their 95% intervals, on P^eva and P^det."""
+    plt = _plt()
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    fig, axes = plt.subplots(len(splits), 1, figsize=(max(6, 0.8 * len(study.relations) + 2), 3.5 * len(splits)), squeeze=False)
+    for ax, split in zip(axes[:, 0], splits):
+        part = [r for r in rows if r["split"] == split]
+        x = range(len(part))
+        for offset, key, label in ((-0.27, "own_drop", "own set off"), (0.0, "random_drop", "uniform random sets off"),
+                                   (0.27, "site_drop", "site-matched random sets off")):
+            values, err = _errors(part, key)
+            ax.bar([i + offset for i in x], values, 0.27, yerr=err, capsize=2, label=label)
+        ax.axhline(0, color="k", linewidth=0.5)
+        ax.set_xticks(list(x), [r["relation"] for r in part], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel(f"drop of the gold's log-prob on {split} (nats)", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    _save(fig, path)
+
+
+def figure_k_sweep_ci(study: Study, rows: list[Row], path: Path) -> None:
+    """Fig. 5 in log-probability: per k, the own relation's drop and the others' mean drop (nats), mean over relations."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks = sorted({r["k"] for r in rows})
+    for r in study.relations:
+        own = [next((x["own_drop"] for x in rows if x["k"] == k and x["relation"] == r), None) for k in ks]
+        ax.plot(ks, [float("nan") if v is None else v for v in own], color="tab:red", alpha=0.25, linewidth=0.8)
+    for key, color, label in (("own_drop", "tab:red", "own relation"), ("others_drop", "tab:blue", "other relations")):
+        mean = [mean_present([x[key] for x in rows if x["k"] == k]) for k in ks]
+        ax.plot(ks, [float("nan") if v is None else v for v in mean], "o-", color=color, label=f"{label} (mean)")
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (top-k neurons of the relation deactivated)")
+    ax.set_ylabel("drop of the gold's log-prob on P^eva (nats)")
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -4,10 +4,10 @@
 
 1. Check everything (suite, relations, sets and their shapes, the data) before anything is
    written: a failure is one ``relspec: error:`` line and an untouched ``OUT``.
-2. Make the sets ``DIR`` lacks from what it has: random controls like each relation's set
-   (``identify.controls.random_sets``; one ``random/k<K>-seed<N>`` file for every relation
-   with k neurons, so their random runs are shared too), top-k and rank-range cuts from ``DIR/scores/``
-   (``identify.controls.select_sets``). They go to ``OUT/sets/``; ``DIR`` is never written.
+2. Make the sets ``DIR`` lacks from what it has (``experiments.derived``): random controls like
+   each relation's set, uniform (one ``random/k<K>-seed<N>`` file for every relation with k
+   neurons, so their random runs are shared too) and site-matched (``random/<r>-site-seed<N>``),
+   top-k and rank-range cuts from ``DIR/scores/``. They go to ``OUT/sets/``; ``DIR`` is never written.
 3. The plan: lm-eval runs, each (neuron sets or none, tasks, limit), each stored as
    ``OUT/runs/<run-id>.json``; a run whose file exists is skipped, so a rerun resumes. One
    ``relspec-hf`` model is loaded once and its ablation swapped between runs.
@@ -31,9 +31,8 @@ from relspec_lmeval.data import relations as rel
 from relspec_lmeval.data.choice import custom_choice_dataset
 from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
 from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
+from relspec_lmeval.experiments.derived import RANDOM_KINDS, derived_sets, load_checked, make_derived
 from relspec_lmeval.experiments.study import KS, QUICK, SEEDS, Condition
-from relspec_lmeval.identify.controls import random_sets, select_sets
-from relspec_lmeval.identify.draws import holds_plain_draw
 from relspec_lmeval.identify.pool import parse_relations
 from relspec_lmeval.modelio.load import default_device, load_config
 from relspec_lmeval.sets.folder import SetsFolder
@@ -54,6 +53,7 @@ class ReproduceConfig:
     out: str
     relations: str | Sequence[str] | None = "all"
     seeds: int | None = None  # None: SEEDS (quick: 3)
+    site_seeds: int | None = None  # site-matched random controls per relation; None: as many as seeds; 0: none
     ks: Sequence[int] | None = None  # None: KS (quick: 50, 500, 3000); capped by the model's neuron count
     limit: int | None = None  # docs per task (None: all; quick: 20)
     det_limit: int | None = None  # docs per P^det task (None: all; quick: 100)
@@ -92,6 +92,7 @@ class Inputs:
     suite: Suite
     relations: list[str]
     seeds: list[int]
+    site_seeds: list[int]
     ks: list[int]
     limit: int | None
     det_limit: int | None
@@ -109,20 +110,23 @@ class Inputs:
 # ============================================================================ checks
 
 
-def _settings(cfg: ReproduceConfig) -> tuple[int, list[int], int | None, int | None]:
+def _settings(cfg: ReproduceConfig) -> tuple[int, int, list[int], int | None, int | None]:
     def pick(value: Any, key: str, full: Any) -> Any:
         return value if value is not None else QUICK[key] if cfg.quick else full
 
     seeds, ks = pick(cfg.seeds, "seeds", SEEDS), pick(cfg.ks, "ks", KS)
     limit, det_limit = pick(cfg.limit, "limit", None), pick(cfg.det_limit, "det_limit", None)
+    site_seeds = seeds if cfg.site_seeds is None else cfg.site_seeds
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    if site_seeds < 0:
+        raise UsageError(f"--site-seeds must be 0 (no site-matched controls) or more, got {site_seeds}")
     if not ks or any(int(k) < 1 for k in ks):
         raise UsageError(f"--ks must be positive integers, got {list(ks)}")
     for name, v in (("--limit", limit), ("--det-limit", det_limit)):
         if v is not None and v < 1:
             raise UsageError(f"{name} must be at least 1, got {v}")
-    return seeds, sorted({int(k) for k in ks}), limit, det_limit
+    return seeds, site_seeds, sorted({int(k) for k in ks}), limit, det_limit
 
 
 def _sets_dir(name: str) -> Path:
@@ -156,84 +160,11 @@ def _count_docs(suite: Suite, relations: list[str], lre_dir: str | None) -> dict
     counts = {}
     for name in suite.groups():
         group = find_group(name)
+        # a logprob task's documents are its split's recall documents (its choices need the tokenizer)
         build = {"ppl": rel.custom_ppl_dataset, "choice": custom_choice_dataset}.get(group.kind, rel.custom_dataset)
         for r in relations:
             counts[task_name(name, r)] = len(build(**group.dataset_kwargs(r), lre_dir=lre_dir)["test"])
     return counts
-
-
-def _is_topk(s: NeuronSet) -> bool:
-    """True when the set is exactly the top len(s) of its scores file (what ``select_sets`` would cut)."""
-    meta = s.metadata
-    return meta.get("method") == "ap" and meta.get("select", "top") == "top" and not meta.get("skip") and meta.get("k") == len(s)
-
-
-def _load_checked(path: Path, shape: ModelShape) -> NeuronSet:
-    s = NeuronSet.load(path)
-    s.validate(shape)
-    return s
-
-
-def _derived_sets(
-    relations: list[str], seeds: list[int], ks: list[int], main: dict[str, Path], loaded: dict[str, NeuronSet],
-    sets_dir: Path, made: Path, shape: ModelShape,
-) -> tuple[dict[Condition, Path], list[Condition]]:
-    """Where each random control, top-k and rank-range set is: in the input folder (checked),
-    else under ``made`` (``OUT/sets``); the second list names those still to make."""
-    derived: dict[Condition, Path] = {}
-    to_make: list[Condition] = []
-    sources: dict[Path, str | None] = {}
-
-    def source_sha(path: Path) -> str | None:
-        if path not in sources:
-            sources[path] = file_sha256(path) if path.is_file() else None
-        return sources[path]
-
-    def made_from_inputs(path: Path, cond: Condition) -> bool:
-        """A set an earlier run made from the same inputs (else it is made again): a random
-        control holds the draw of (model shape, k, seed), which is all it depends on (runs
-        use mode=zero, so its means do not matter); a cut names the same scores file."""
-        if not path.is_file():
-            return False
-        try:
-            made = NeuronSet.load(path)
-        except NeuronSetError:
-            return False  # unreadable: made again
-        if cond.kind == "random":
-            return holds_plain_draw(made, shape, len(loaded[cond.relation]), int(cond.seed or 0))
-        meta = made.metadata
-        scores = source_sha(SetsFolder(sets_dir).scores_path(cond.relation))
-        return scores is None or (meta.get("scores_file") or {}).get("sha256") == scores
-
-    def locate(cond: Condition, given: Path, ours: Path, like: NeuronSet | None = None) -> None:
-        if given.is_file():
-            s = _load_checked(given, shape)
-            if like is not None and len(s) != len(like):
-                raise NeuronSetError(f"random control {given} has {len(s)} neurons, its relation's set {len(like)}")
-            derived[cond] = given
-        else:
-            derived[cond] = ours
-            if not made_from_inputs(ours, cond):
-                to_make.append(cond)
-
-    given, ours = SetsFolder(sets_dir), SetsFolder(made)
-    for r in relations:
-        k_own = len(loaded[r])  # every relation whose set has k_own neurons shares these controls (and their runs)
-        for s in seeds:
-            cond = Condition("random", r, seed=s)
-            found = given.find_random(r, k_own, s)  # also a folder's legacy per-relation file
-            earlier = ours.find_random(r, k_own, s)  # an OUT/sets of an earlier version: its runs stay valid
-            mine = earlier if earlier is not None and made_from_inputs(earlier, cond) else ours.random_path(k_own, s)
-            locate(cond, found or given.random_path(k_own, s), mine, like=loaded[r])
-        for k in ks:
-            cond = Condition("topk", r, k=k)
-            if _is_topk(loaded[r]) and len(loaded[r]) == k:
-                derived[cond] = main[r]  # the same neurons: one run serves both
-            else:
-                locate(cond, given.cut(k).set_path(r), ours.cut(k).set_path(r))
-        for a, b in zip(ks, ks[1:]):
-            locate(Condition("ranks", r, k=b - a, skip=a), given.cut(b - a, skip=a).set_path(r), ours.cut(b - a, skip=a).set_path(r))
-    return derived, to_make
 
 
 def _check_scores(relations: list[str], sets_dir: Path, shape: ModelShape, model: str) -> None:
@@ -258,7 +189,7 @@ def prepare(cfg: ReproduceConfig) -> Inputs:
     if cfg.suite not in SUITES:
         raise UsageError(f"unknown suite {cfg.suite!r}; choose one of {', '.join(SUITES)}")
     suite = SUITES[cfg.suite]
-    seed_count, ks, limit, det_limit = _settings(cfg)
+    seed_count, site_count, ks, limit, det_limit = _settings(cfg)
     default_device(cfg.device)  # a --device torch cannot use: said now, not after the sets are made
     sets_dir = _sets_dir(cfg.neuron_sets)
     out = Path(cfg.out).expanduser()
@@ -274,13 +205,14 @@ def prepare(cfg: ReproduceConfig) -> Inputs:
     config = load_config(cfg.model, gguf_file=cfg.gguf_file)
     shape = ModelShape.from_config(config)
     main = {r: folder.set_path(r) for r in relations}
-    loaded = {r: _load_checked(p, shape) for r, p in main.items()}
+    loaded = {r: load_checked(p, shape) for r, p in main.items()}
     ks = [k for k in ks if k < shape.total]  # the sweep is capped by the model's size
-    derived, to_make = _derived_sets(relations, list(range(seed_count)), ks, main, loaded, sets_dir, out / "sets", shape)
-    _check_scores(sorted({c.relation for c in to_make if c.kind != "random"}), sets_dir, shape, cfg.model)
+    seeds, site_seeds = list(range(seed_count)), list(range(site_count))
+    derived, to_make = derived_sets(relations, seeds, site_seeds, ks, main, loaded, sets_dir, out / "sets", shape)
+    _check_scores(sorted({c.relation for c in to_make if c.kind not in RANDOM_KINDS}), sets_dir, shape, cfg.model)
 
     docs = _count_docs(suite, relations, cfg.lre_dir)
-    return Inputs(cfg, suite, relations, list(range(seed_count)), ks, limit, det_limit, shape, config_fingerprint(config), sets_dir, out,
+    return Inputs(cfg, suite, relations, seeds, site_seeds, ks, limit, det_limit, shape, config_fingerprint(config), sets_dir, out,
                   main, derived, to_make, docs, _chat_form(loaded))
 
 
@@ -298,44 +230,43 @@ def _chat_form(loaded: dict[str, NeuronSet]) -> dict[str, Any] | None:
 
 def make_sets(inp: Inputs) -> None:
     """Write the derived sets that are missing, under ``OUT/sets``, from the input folder's sets and scores."""
-    command = "relspec reproduce"
-    made = SetsFolder(inp.out / "sets")
-    by_seeds: dict[tuple[int, ...], list[str]] = {}  # one call per seed list: each shared (k, seed) file is written once
-    for r in inp.relations:
-        seeds = tuple(c.seed for c in inp.to_make if c.kind == "random" and c.relation == r)
-        if seeds:
-            by_seeds.setdefault(seeds, []).append(str(inp.main[r]))
-    for seeds, like in by_seeds.items():
-        # OUT/sets is reproduce's own: a control there that does not hold its draw is made again
-        random_sets(like, list(seeds), out=made.root, command=command, force=True)
-    for c in inp.to_make:
-        scores = [SetsFolder(inp.sets_dir).scores_path(c.relation)]
-        if c.kind == "topk":
-            select_sets(scores, c.k, out=made.cut(c.k).root, command=command)
-        elif c.kind == "ranks":
-            select_sets(scores, c.k, skip=c.skip, out=made.cut(c.k, skip=c.skip).root, command=command)
+    make_derived(inp.to_make, inp.main, inp.sets_dir, inp.out / "sets")
 
 
 def _tasks(inp: Inputs) -> list[tuple[Condition, tuple[str, ...], list[tuple[int | None, list[str]]]]]:
-    """Each condition with its sets and its (limit, tasks) parts: P^det has its own limit."""
+    """Each condition with its sets and its (limit, tasks) parts: P^det has its own limit.
+
+    Every recall split evaluated is evaluated in log-probability too (``suite.logprob_group``),
+    so a model that answers few prompts is still measured: P^eva of the evaluated relations,
+    P^eva-2, the languages and P^det of the relations compared.
+    """
     s, relations = inp.suite, inp.relations
-    langs = [s.language_group(lang) for lang in s.languages]
+    lp = s.logprob_group
+
+    def named(groups: list[tuple[str | None, Sequence[str]]]) -> list[str]:
+        return [task_name(g, r) for g, rs in groups if g for r in rs]
 
     def parts(evaluated: Sequence[str], own: Sequence[str], extra: bool) -> list[tuple[int | None, list[str]]]:
-        """P^eva of ``evaluated``; with ``extra`` also P^eva-2 of ``evaluated``, perplexity and languages of ``own``; P^det of ``own``."""
-        groups = [(s.eva, evaluated)] + ([(s.t2, evaluated), (s.ppl, own), *((g, own) for g in langs)] if extra else [])
+        """P^eva (recall and lp) of ``evaluated``; with ``extra`` also P^eva-2 of ``evaluated`` (lp: of ``own``), perplexity
+        and languages (recall and lp) of ``own``; multiple choice; P^det (recall and lp) of ``own``."""
+        groups: list[tuple[str | None, Sequence[str]]] = [(s.eva, evaluated), (lp("eva"), evaluated)]
+        if extra:
+            groups += [(s.t2, evaluated), (lp("t2"), own), (s.ppl, own)]
+            groups += [(g, own) for lang in s.languages for g in (s.language_group(lang), lp(lang))]
         # multiple choice (~10 requests a doc): the baseline's for every relation, else the own relation's
-        groups += [(s.choice, evaluated if evaluated == own else own)] if s.choice else []
-        return [(inp.limit, [task_name(g, r) for g, rs in groups for r in rs]), (inp.det_limit, [task_name(s.det, r) for r in own])]
+        groups += [(s.choice, evaluated if evaluated == own else own)]
+        return [(inp.limit, named(groups)), (inp.det_limit, named([(s.det, own), (lp("det"), own)]))]
 
     out = [(Condition("baseline"), (), parts(relations, relations, extra=True))]
     out += [(Condition("own", r), (str(inp.main[r]),), parts(relations, [r], extra=True)) for r in relations]
     for cond, path in inp.derived.items():
         r = [cond.relation]
-        if cond.kind == "random":
+        if cond.kind in RANDOM_KINDS:
             out.append((cond, (str(path),), parts(r, r, extra=False)))
-        else:  # top-k: own and other relations (Fig. 5); rank ranges: own relation only (Table 3)
-            out.append((cond, (str(path),), [(inp.limit, [task_name(s.eva, x) for x in (relations if cond.kind == "topk" else r)])]))
+        elif cond.kind == "topk":  # own and other relations (Fig. 5), in log-probability too
+            out.append((cond, (str(path),), [(inp.limit, named([(s.eva, relations), (lp("eva"), relations)]))]))
+        else:  # rank ranges: own relation only (Table 3)
+            out.append((cond, (str(path),), [(inp.limit, named([(s.eva, r)]))]))
     return out
 
 

@@ -2,8 +2,10 @@
 
 Pure functions of numbers already measured (no model code): ``experiments.runner.collect``
 gathers each condition's lm-eval metrics into a ``Study``; ``write_report`` writes
-``tables/*.csv|json`` (``tables``), ``figures/*.png`` (``figures``) and ``report.md``, whose
-sentences (``read_*``) say what the numbers show, in the order of PAPER.md's findings.
+``tables/*.csv|json`` (``tables``), ``figures/*.png`` (``figures``) and ``report.md``: first the
+verdict table (``verdicts``, ``report_ci``), then each figure's section, whose sentences
+(``read_*``) say what the numbers show, with its tables with 95% intervals in every metric
+(``ci_tables``), in the order of PAPER.md's findings.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from relspec_lmeval.data.tasks import task_name
+from relspec_lmeval.experiments.effects import MIN_CORRECT
 from relspec_lmeval.experiments.figures import (
     figure_intra,
     figure_k_sweep,
@@ -21,6 +24,7 @@ from relspec_lmeval.experiments.figures import (
     figure_overlap,
     figure_templates,
 )
+from relspec_lmeval.experiments.report_ci import write_ci_tables
 from relspec_lmeval.experiments.study import BASELINE, Row, Study, mean_present, value
 from relspec_lmeval.experiments.tables import (
     cumulativity_rows,
@@ -158,26 +162,22 @@ def read_templates(rows: list[Row]) -> str:
 # ---------------------------------------------------------------------------- report
 
 
-MIN_CORRECT = 5  # below this many correct P^eva documents a relative drop is mostly noise
-
-
 def _weak_baseline(study: Study) -> str:
-    """Say so when the original model answers too few P^eva documents for drops to mean much."""
+    """Say so when the original model answers too few P^eva documents for strict-acc drops to mean much."""
     base = study.results.get(BASELINE)
     if base is None:
         return ""
     weak = []
     for r in study.relations:
-        samples = base.per_sample.get(task_name(study.suite.eva, r), [])
+        samples = base.per_sample.get(task_name(study.suite.eva, r), {}).get("acc", [])
         if sum(samples) < MIN_CORRECT:
-            weak.append(f"{r} {sum(samples)}/{len(samples)}")
+            weak.append(f"{r} {sum(samples):.0f}/{len(samples)}")
     if not weak:
         return ""
     return (f"the original model answers fewer than {MIN_CORRECT} P^eva documents correctly for {len(weak)} of "
-            f"{len(study.relations)} relations ({', '.join(weak)}); their relative drops (one document can be 100%) "
-            "are noise, and where this report's numbers and the paper's findings quoted below disagree, trust the numbers. "
-            "A model that knows few facts is better measured by the multiple-choice rows, a lenient metric or the gold "
-            "object's log-probability (docs/real-models.md).")
+            f"{len(study.relations)} relations ({', '.join(weak)}): strict acc has no power there, and their relative drops "
+            "(one document can be 100%) are noise. The verdicts above rest on the first metric with power (acc_lenient, or "
+            "the gold object's log-probability); where the sections' readings below and the verdicts differ, trust the verdicts.")
 
 
 def _duration(seconds: float) -> str:
@@ -213,6 +213,7 @@ def write_report(study: Study, out: Path) -> Path:
     if suite.languages:
         figure_languages(study, langs, figures / "fig7_languages.png")
     figure_templates(study, templates, t2_drops, figures / "fig8_second_template.png")
+    ci = write_ci_tables(study, tables, figures)
 
     lines = [
         f"# Relation-specific neurons: {study.model} ({suite.name} suite)",
@@ -230,32 +231,35 @@ def write_report(study: Study, out: Path) -> Path:
         f"recorded times{', on ' + s['device'] if s.get('device') else ''}): **{_duration(s['run_seconds'])}**; this invocation "
         + (f"ran {s['new_runs']} of them in {_duration(s['elapsed'])}." if s["new_runs"] else "found every run stored and ran none."),
         "",
-        "Relative drop = (original − ablated) / original; **n/a** where the original accuracy is 0.",
-        *(["", f"**Caution:** {caution}"] if (caution := _weak_baseline(study)) else []),
+        "Relative drop = (original − ablated) / original; **n/a** where the original accuracy is 0. Log-probability drops "
+        "are in nats (original − ablated: positive means the gold object became less probable).",
         "",
+        *ci["verdicts"],
+        *([f"**Caution:** {caution}", ""] if (caution := _weak_baseline(study)) else []),
         "## Fig. 1: where the neurons are", "", "![layers](figures/fig1_layers.png)", "", read_layers(study, layers), "",
         "Table: `tables/fig1_layers.csv`.", "",
         "## Fig. 2: overlap between relations", "", "![overlap](figures/fig2_overlap.png)", "", read_overlap(study), "",
         "Tables: `tables/fig2_overlap_counts.csv`, `tables/fig2_overlap_jaccard.csv`.", "",
         "## Fig. 3: own set vs random sets", "", "![intra](figures/fig3_intra.png)", "", read_intra(intra), "",
         markdown([{k: r[k] for k in ("split", "relation", "original", "own", "own_drop", "random_mean", "random_std", "random_drop")} for r in intra],
-                 percent=("own_drop", "random_drop")), "",
+                 percent=("own_drop", "random_drop")), "", *ci["fig3"],
         "## Fig. 4: drop matrix (row: deactivated, column: evaluated)", "", "![matrix](figures/fig4_drop_matrix.png)", "",
         read_matrix(study, drops), "", markdown(drops, percent=study.relations), "",
-        "Accuracies: `tables/fig4_accuracy_matrix.csv`.", "",
+        "Accuracies: `tables/fig4_accuracy_matrix.csv`.", "", *ci["fig4"],
         "## Fig. 5: k sweep", "", "![k sweep](figures/fig5_k_sweep.png)", "", read_k_sweep(study, sweep), "",
-        "Table: `tables/fig5_k_sweep.csv`.", "",
+        "Table: `tables/fig5_k_sweep.csv`.", "", *ci["fig5"],
         "## Table 3: cumulativity", "", read_cumulativity(cumul), "",
         markdown([r for r in cumul if r["relation"] == "all"], percent=("share",)), "",
         "Per relation: `tables/table3_cumulativity.csv`.", "",
-        "## Table 2: relation-neutral perplexity", "", read_perplexity(ppl), "", markdown(ppl, percent=("change",)), "",
+        "## Table 2: relation-neutral perplexity", "", read_perplexity(ppl), "", markdown(ppl, percent=("change",)), "", *ci["table2"],
         "## Fig. 7: other languages", "",
     ]
     if suite.languages:
-        lines += ["![languages](figures/fig7_languages.png)", "", read_languages(study, langs), "", "Table: `tables/fig7_languages.csv`.", ""]
+        lines += ["![languages](figures/fig7_languages.png)", "", read_languages(study, langs), "", "Table: `tables/fig7_languages.csv`.", "",
+                  *ci["fig7"]]
     else:
         lines += [read_languages(study, langs), ""]
     lines += ["## Fig. 8: second template", "", "![templates](figures/fig8_second_template.png)", "", read_templates(templates), "",
               markdown([{k: r[k] for k in ("relation", "eva_drop", "t2_drop")} for r in templates], percent=("eva_drop", "t2_drop")), "",
-              "Tables: `tables/fig8_second_template.csv`, `tables/fig8_drop_matrix_t2.csv`.", ""]
+              "Tables: `tables/fig8_second_template.csv`, `tables/fig8_drop_matrix_t2.csv`.", "", *ci["fig8"]]
     return atomic_write_text(out / "report.md", "\n".join(lines))

@@ -1,7 +1,7 @@
 """Running the plan of ``relspec reproduce`` through lm-eval, and collecting what it measured.
 
 One ``relspec-hf`` model is loaded once; ``set_neuron_sets`` swaps the ablation between
-runs. Each run's lm-eval results (with per-document 0/1 samples of the recall tasks and the
+runs. Each run's lm-eval results (with every per-document metric of every task, and the
 equivalent ``lm_eval`` command) go to ``OUT/runs/<run-id>.json``, written atomically, so a
 rerun skips what is done.
 """
@@ -26,7 +26,7 @@ from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.util.files import atomic_write_text
 from relspec_lmeval.util.progress import progress
 
-__all__ = ["collect", "evaluate_run", "lm_eval_command", "lm_kwargs", "load_lm", "reproduce", "run_plan"]
+__all__ = ["collect", "evaluate_run", "lm_eval_command", "lm_kwargs", "load_lm", "reproduce", "run_plan", "sample_metrics", "task_metadata"]
 
 
 def _git_hash() -> str | None:
@@ -111,9 +111,29 @@ class SetCache(dict):
         return self[path]
 
 
+def _plain(v: Any) -> Any:
+    """A per-document metric as JSON: a number as a float (0/1 for acc), a perplexity's (loglik, length) as a list."""
+    return [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+
+
+def sample_metrics(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Each metric a task reports per document (lm-eval's ``metrics`` of a sample), as a list in doc_id order."""
+    rows = sorted(rows, key=lambda s: s["doc_id"])
+    return {m: [_plain(row[m]) for row in rows] for m in rows[0].get("metrics", ()) if all(m in row for row in rows)}
+
+
+def task_metadata(cfg: ReproduceConfig) -> dict[str, Any]:
+    """What the TaskManager passes every task's dataset: the LRE folder, and the model (the
+    log-probability tasks load its tokenizer to find each gold's first token, data.logprob)."""
+    meta: dict[str, Any] = {"pretrained": cfg.model}
+    meta |= {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    meta |= {"lre_dir": cfg.lre_dir} if cfg.lre_dir else {}
+    return meta
+
+
 def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig, chat: dict | None = None,
                  sets: SetCache | None = None) -> dict[str, Any]:
-    """lm-eval's results for one run (per-document samples reduced to 0/1 lists), with our block."""
+    """lm-eval's results for one run (per-document samples reduced to their metrics' values), with our block."""
     from lm_eval import simple_evaluate
 
     sets = SetCache() if sets is None else sets
@@ -125,9 +145,7 @@ def evaluate_run(lm: Any, task_manager: Any, run: Run, cfg: ReproduceConfig, cha
     applied = [s["sha256"] for s in results["config"]["relspec"]["sets"]]
     if applied != [sets[p].sha256() for p in run.sets]:  # the record must name what was switched off
         raise RuntimeError(f"run {run.id}: the results record sets {applied}, not the run's {list(run.sets)}")
-    samples = results.pop("samples")
-    per_sample = {task: [int(s["acc"]) for s in sorted(rows, key=lambda s: s["doc_id"])]
-                  for task, rows in samples.items() if rows and "acc" in rows[0]}
+    per_sample = {task: sample_metrics(rows) for task, rows in results.pop("samples").items() if rows}
     results["relspec_reproduce"] = {
         "run_id": run.id, "conditions": [c.label() for c in run.conditions], "model": cfg.model, "dtype": cfg.dtype,
         "sets": [{"path": p, "sha256": d} for p, d in zip(run.sets, applied)], "tasks": list(run.tasks), "limit": run.limit,
@@ -148,7 +166,7 @@ def run_plan(plan: list[Run], inp: Inputs) -> int:
         return 0
     cfg = inp.cfg
     lm = load_lm(cfg)
-    task_manager = TaskManager(include_defaults=False, metadata={"lre_dir": cfg.lre_dir} if cfg.lre_dir else None)
+    task_manager = TaskManager(include_defaults=False, metadata=task_metadata(cfg))
     done = sum(run.docs for run in plan) - sum(run.docs for run in todo)
     bar = progress(sum(run.docs for run in plan), "relspec reproduce", cfg.progress, unit="doc", initial=done)
     sets = SetCache()
@@ -187,10 +205,11 @@ def collect(plan: list[Run], inp: Inputs, settings: dict[str, Any]) -> Study:
                    if key.endswith(",none") and "_stderr" not in key and isinstance(v, (int, float))}
             for task, entry in record["results"].items()
         }
+        samples = Measurement({}, ours["per_sample"]).per_sample  # a version's plain 0/1 lists read as acc
         for cond in run.conditions:
             m = results.setdefault(cond, Measurement({}, {}))
             m.metrics.update(metrics)
-            m.per_sample.update(ours["per_sample"])
+            m.per_sample.update(samples)
     sets = {r: NeuronSet.load(p) for r, p in inp.main.items()}  # once per report
     rel = inp.relations
     return Study(
@@ -198,7 +217,7 @@ def collect(plan: list[Run], inp: Inputs, settings: dict[str, Any]) -> Study:
         sets={r: SetStats(len(s), s.count_per_layer()) for r, s in sets.items()},
         overlaps={a: {b: sets[a].overlap(sets[b]) for b in rel} for a in rel},
         jaccard={a: {b: sets[a].jaccard(sets[b]) for b in rel} for a in rel},
-        results=results,
+        results=results, site_seeds=inp.site_seeds,
         settings={**settings, "runs": len(plan), "docs": sum(r.docs for r in plan), "run_seconds": seconds, "device": ", ".join(sorted(devices))},
     )
 

@@ -19,6 +19,7 @@ __all__ = [
     "Bootstrap",
     "bootstrap_mean",
     "bootstrap_p",
+    "from_resamples",
     "holm",
     "mcnemar_p",
     "stderr_ci",
@@ -66,14 +67,23 @@ def _bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, observed: 
     ``CI_LEVEL`` percentiles (the same draws)."""
     rng = np.random.default_rng(seed)
     block = max(1, 2**22 // n)  # resamples per draw: bounds the index matrix at ~32 MiB
-    extreme, kept = 0, []
-    for start in range(0, resamples, block):
-        values = statistic(rng.integers(0, n, size=(min(block, resamples - start), n)))
-        extreme += int(np.count_nonzero(np.abs(values - observed) >= abs(observed)))
-        kept.append(values)
+    kept = [statistic(rng.integers(0, n, size=(min(block, resamples - start), n))) for start in range(0, resamples, block)]
+    return from_resamples(np.concatenate(kept), observed)
+
+
+def from_resamples(values: np.ndarray, observed: float) -> Bootstrap:
+    """A bootstrap's p and CI from its resampled statistics: p = how often a resample, centred on
+    the observed statistic (the null), lands at least as far from it as the observed one is from
+    0, counting the observed sample (never 0); CI = the central ``CI_LEVEL`` percentiles. NaN
+    resamples (an undefined ratio) are left out."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return Bootstrap(observed, 1.0, float("nan"), float("nan"))
+    extreme = int(np.count_nonzero(np.abs(values - observed) >= abs(observed)))
     tail = (1 - CI_LEVEL) / 2
-    low, high = np.quantile(np.concatenate(kept), [tail, 1 - tail])
-    return Bootstrap(observed, (extreme + 1) / (resamples + 1), float(low), float(high))  # p counts the observed sample: never 0
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return Bootstrap(observed, (extreme + 1) / (len(values) + 1), float(low), float(high))
 
 
 def bootstrap_mean(x: np.ndarray, y: np.ndarray, *, resamples: int = 10_000, seed: int = 0) -> Bootstrap:

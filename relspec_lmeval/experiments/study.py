@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relspec_lmeval.data.tasks import Suite, task_name
 
-__all__ = ["BASELINE", "KS", "NA", "QUICK", "SEEDS", "Condition", "Measurement", "Row", "SetStats", "Study", "mean_present", "relative_drop", "value"]
+__all__ = ["BASELINE", "KS", "NA", "QUICK", "SEEDS", "Condition", "as_metrics", "Measurement", "Row", "SetStats", "Study", "mean_present", "relative_drop", "value"]
 
 NA = "n/a"
 Row = dict[str, Any]
 # the study's size (experiments.plan uses them; here so that relspec's flags are parsed without torch)
 KS = (10, 50, 200, 500, 1000, 3000, 10000, 20000, 50000)  # the paper's k sweep
 SEEDS = 10  # random controls per relation, as in the paper
-QUICK = {"seeds": 3, "ks": (50, 500, 3000), "limit": 20, "det_limit": 100}
+QUICK = {"seeds": 3, "ks": (50, 500, 3000), "limit": 20, "det_limit": 100}  # site seeds: as many as seeds
 
 
 @dataclass(frozen=True)
 class Condition:
     """What was switched off: nothing (``baseline``), a relation's set (``own``), a random
-    control (``random``, ``seed``), its top-k by score (``topk``) or ranks skip+1..skip+k (``ranks``)."""
+    control (``random``: uniform over all neurons, ``seed``; ``random_site``: as many per site as
+    the relation's set has, ``seed``), its top-k by score (``topk``) or ranks skip+1..skip+k (``ranks``)."""
 
     kind: str
     relation: str | None = None
@@ -42,10 +43,21 @@ class Condition:
 
 @dataclass
 class Measurement:
-    """A condition's lm-eval numbers: task → metric → value, and 0/1 per document for recall tasks."""
+    """A condition's lm-eval numbers: task → metric → value, and task → metric → per-document
+    values in doc_id order (0/1 for ``acc``; nats for ``logprob``; ``[loglik, words]`` pairs for
+    perplexities). A task's plain list (run files of earlier versions kept only recall ``acc``)
+    is read as its ``acc``."""
 
     metrics: dict[str, dict[str, float]]
-    per_sample: dict[str, list[int]]
+    per_sample: dict[str, dict[str, list[Any]]]
+
+    def __post_init__(self) -> None:
+        self.per_sample = {task: as_metrics(v) for task, v in self.per_sample.items()}
+
+
+def as_metrics(per_task: dict[str, list[Any]] | list[Any]) -> dict[str, list[Any]]:
+    """A run file's per-sample entry of one task as metric → values (a plain list is ``acc``)."""
+    return {"acc": list(per_task)} if isinstance(per_task, list) else dict(per_task)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,9 @@ class Study:
     jaccard: dict[str, dict[str, float]]
     results: dict[Condition, Measurement]
     settings: dict[str, Any]  # what report.md states about the plan (limits, folders, command, timings)
+    site_seeds: list[int] = field(default_factory=list)  # the site-matched random controls' seeds
+    # computed effects (deterministic bootstraps), kept so tables and verdicts compute each once
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 BASELINE = Condition("baseline")

@@ -96,7 +96,9 @@ def cumulativity_rows(study: Study) -> list[Row]:
             if any(m is None for m in runs):
                 continue
             task = f"{study.suite.eva}_{r}"
-            top_a, top_b, ranks = (m.per_sample[task] for m in runs)
+            top_a, top_b, ranks = (m.per_sample.get(task, {}).get("acc", []) for m in runs)
+            if not len(top_a) == len(top_b) == len(ranks):
+                continue
             flipped = [i for i in range(len(top_a)) if top_a[i] == 1 and top_b[i] == 0]
             still = sum(1 for i in flipped if ranks[i] == 0)
             pooled[0] += len(flipped)
@@ -163,6 +165,14 @@ def fmt_cell(v: Any, percent: bool = False) -> str:
     if isinstance(v, float):  # + 0.0 turns a rounded -0.0 into 0.0
         return f"{round(100 * v, 1) + 0.0:.1f}%" if percent else f"{v:.3g}" if abs(v) >= 1000 else f"{round(v, 3) + 0.0:.3f}"
     return str(v)
+
+
+def fmt_ci(interval: Any, percent: bool = False, unit: str = "") -> str:
+    """``42.0% [30.1%, 55.3%]`` or ``0.412 [0.301, 0.553] nats``: an estimate and its 95% interval (n/a: none)."""
+    if interval is None:
+        return NA
+    cells = [NA if v != v else fmt_cell(float(v), percent) for v in (interval.observed, interval.low, interval.high)]  # NaN: n/a
+    return f"{cells[0]} [{cells[1]}, {cells[2]}]" + (f" {unit}" if unit else "")
 
 
 def markdown(rows: list[Row], percent: Sequence[str] = ()) -> str:
