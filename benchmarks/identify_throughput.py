@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     from relspec_lmeval.identify.activations import activation_matrix, forward_kwargs, generate_with_means, length_batches, pad_batch
-    from relspec_lmeval.identify.ap import average_precision_chunked
+    from relspec_lmeval.identify.methods.chunking import two_class_scores
     from relspec_lmeval.modelio.sites import model_shape
 
     torch.set_num_threads(args.threads)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         sync(args.device)
         t_stats = time.perf_counter() - t
         t = time.perf_counter()
-        average_precision_chunked(matrix, labels, device=device, budget_bytes=budget)
+        two_class_scores("ap", matrix, labels, device=device, budget_bytes=budget)
         sync(args.device)
         return t_stats, time.perf_counter() - t
 

@@ -5,7 +5,7 @@ checked for equality.
 
 * Identification (per-neuron prompt means of every gate/up/down output → AP of every neuron
   → top k, ties to the lower (layer, site, index)): ours (``activation_matrix`` +
-  ``average_precision_chunked`` + ``select_flat``); plain ``register_forward_hook`` code with
+  ``two_class_scores("ap")`` + ``select_flat``); plain ``register_forward_hook`` code with
   ``sklearn.metrics.average_precision_score`` per neuron, or with torchmetrics; nnsight 0.8
   (a trace per batch, the means taken inside it, ``tracer.stop()`` after the last site) with
   torchmetrics; TransformerLens 4.x (``TransformerBridge.boot_transformers(hf_model=…)``,

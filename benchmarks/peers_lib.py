@@ -165,9 +165,9 @@ def collect_selfcond(model, batches_, n: int, folder: Path) -> dict[str, np.ndar
 
 
 def ap_ours(matrix: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    from relspec_lmeval.identify.ap import average_precision_chunked
+    from relspec_lmeval.identify.methods.chunking import two_class_scores
 
-    return average_precision_chunked(matrix, labels).numpy()
+    return two_class_scores("ap", matrix, labels).numpy()
 
 
 def ap_sklearn_loop(matrix: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 __all__ = [
     "DataError",
-    "LREDataError",
     "ModelError",
     "NeuronSetError",
     "OutputError",
@@ -23,7 +22,19 @@ __all__ = [
 
 
 class RelspecError(Exception):
-    """Base class: a problem the user can fix; the message says which and how."""
+    """Base class: a problem the user can fix; the message says which and how.
+
+    ``relspec`` prints one as ``relspec: error: <message>`` and exits with status 2; from Python,
+    catch it to handle every user error at once.
+
+    Example:
+        >>> from relspec_lmeval import NeuronSet, RelspecError
+        >>> try:
+        ...     NeuronSet.load("no/such/set.safetensors")
+        ... except RelspecError as exc:
+        ...     print(type(exc).__name__, "-", exc)
+        NeuronSetError - neuron-set file not found: no/such/set.safetensors
+    """
 
 
 class UsageError(RelspecError, ValueError):
@@ -31,14 +42,24 @@ class UsageError(RelspecError, ValueError):
 
 
 class NeuronSetError(RelspecError, ValueError):
-    """A neuron-set or scores file (or a set argument) that cannot be used."""
+    """A neuron-set or scores file (or a set argument) that cannot be used.
+
+    Also a ``ValueError``, so code written against plain Python errors keeps working.
+
+    Example:
+        >>> from relspec_lmeval import ModelShape, NeuronSetError
+        >>> try:
+        ...     ModelShape(num_layers=0, hidden_size=4, intermediate_size=8)
+        ... except NeuronSetError as exc:
+        ...     print(exc)
+        model shape: num_layers must be a positive integer, got 0
+        >>> issubclass(NeuronSetError, ValueError)
+        True
+    """
 
 
 class DataError(RelspecError, ValueError):
     """Relation data that cannot be found, fetched, verified or read (names the file)."""
-
-
-LREDataError = DataError  # the name earlier releases raised
 
 
 class ModelError(RelspecError, ValueError):

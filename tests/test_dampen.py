@@ -11,8 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from relspec_lmeval.cli import main
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.identify.dampen import dampen_sets, dampened_set
-from relspec_lmeval.identify.methods import dampen_factors
+from relspec_lmeval.identify.dampen import dampen_factors, dampen_sets, dampened_set
 from relspec_lmeval.lm.ablation import AblationSpec, ablated, apply_ablation
 from relspec_lmeval.lm.hflm import RelspecHFLM
 from relspec_lmeval.modelio.sites import find_mlps

@@ -473,7 +473,7 @@ def test_method_lape_writes_tangs_sets_on_the_gate_site(tiny_llama_dir, data_dir
     for its relation (capped by --k), reported on gate_proj; it needs --no-filter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from relspec_lmeval.identify.lape import LapeRun
+    from relspec_lmeval.identify.methods.lape import LapeRun
 
     out = tmp_path / "lape"
     summary = identify(config(tiny_llama_dir, out, data_dir, method="lape", k=300, batch_size=3))

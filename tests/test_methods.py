@@ -4,14 +4,18 @@ against an independent reference: sklearn for AUROC, direct per-neuron formulas 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
 from relspec_lmeval.errors import UsageError
-from relspec_lmeval.identify.ap import average_precision_chunked
-from relspec_lmeval.identify.lape import (
+from relspec_lmeval.identify.dampen import dampen_factors
+from relspec_lmeval.identify.methods.ap import average_precision
+from relspec_lmeval.identify.methods.auroc import auroc
+from relspec_lmeval.identify.methods.chunking import chunked_scores, two_class_scores
+from relspec_lmeval.identify.methods.lape import (
     activation_probability,
     active_counts,
     lape,
@@ -19,16 +23,8 @@ from relspec_lmeval.identify.lape import (
     lape_scores,
     lape_site_scores,
 )
-from relspec_lmeval.identify.methods import (
-    DEFAULT_METHOD,
-    METHODS,
-    auroc,
-    auroc_chunked,
-    dampen_factors,
-    mean_difference,
-    mean_difference_chunked,
-    two_class_scores,
-)
+from relspec_lmeval.identify.methods.mean_diff import mean_difference
+from relspec_lmeval.identify.methods.registry import DEFAULT_METHOD, METHODS
 from relspec_lmeval.sets.shape import ModelShape
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -69,11 +65,12 @@ def test_chunked_scores_equal_unchunked_bitwise(budget, dtype):
     continuous, _ = random_case(30, 41, None, 6)
     values = torch.cat([ties, continuous], dim=1).to(dtype)
     whole = auroc(values, labels)
-    chunked = auroc_chunked(values, labels, budget_bytes=budget)
+    chunked = two_class_scores("auroc", values, labels, budget_bytes=budget)
     assert chunked.dtype == torch.float64 and torch.equal(whole, chunked)
     for absolute in (False, True):
         whole = mean_difference(values, labels, absolute=absolute)
-        chunked = mean_difference_chunked(values, labels, absolute=absolute, budget_bytes=budget)
+        chunked = chunked_scores(partial(mean_difference, absolute=absolute), METHODS["mean-diff"].bytes_per_element, values, labels,
+                                 budget_bytes=budget)
         assert chunked.dtype == torch.float64 and torch.equal(whole, chunked)
 
 
@@ -112,7 +109,7 @@ def test_mean_difference_matches_direct_formula(levels):
 def test_registry_two_class_methods_agree_with_their_functions():
     values, labels = random_case(20, 33, 3, 11)
     assert DEFAULT_METHOD == "ap" and set(METHODS) == {"ap", "auroc", "mean-diff", "lape"}
-    assert torch.equal(two_class_scores("ap", values, labels), average_precision_chunked(values, labels))
+    assert torch.equal(two_class_scores("ap", values, labels), average_precision(values, labels))
     assert torch.equal(two_class_scores("auroc", values, labels), auroc(values, labels))
     assert torch.equal(two_class_scores("mean-diff", values, labels), mean_difference(values, labels))
     assert METHODS["lape"].kind == "multi-class" and METHODS["lape"].selects == ("top",)

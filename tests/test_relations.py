@@ -13,7 +13,6 @@ from relspec_lmeval.data.relations import (
     EVA_SIZE,
     RELATIONS,
     SPLIT_SEED,
-    LREDataError,
     build_docs,
     build_ppl_docs,
     custom_dataset,
@@ -22,6 +21,7 @@ from relspec_lmeval.data.relations import (
     process_results,
     resolve_lre_dir,
 )
+from relspec_lmeval.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("lre_env")  # every test reads the local LRE copy
 
@@ -262,10 +262,10 @@ def test_user_relation_in_any_folder(tmp_path):
 
 def test_missing_data_error_says_how_to_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("RELSPEC_LRE_DIR", str(tmp_path))  # empty
-    with pytest.raises(LREDataError, match="RELSPEC_LRE_DIR"):
+    with pytest.raises(DataError, match="RELSPEC_LRE_DIR"):
         build_docs("company_ceo")
     monkeypatch.delenv("RELSPEC_LRE_DIR")  # nothing cached, downloads forbidden
-    with pytest.raises(LREDataError, match="RELSPEC_OFFLINE.*RELSPEC_LRE_DIR"):
+    with pytest.raises(DataError, match="RELSPEC_OFFLINE.*RELSPEC_LRE_DIR"):
         resolve_lre_dir()
 
 
@@ -288,7 +288,7 @@ def test_download_fills_the_cache_and_checks_sums(monkeypatch, tmp_path):
     bad.mkdir()
     (bad / "city_in_country.json").write_text("{}")
     monkeypatch.setenv("RELSPEC_LRE_URL", bad.as_uri())
-    with pytest.raises(LREDataError, match="sha256"):
+    with pytest.raises(DataError, match="sha256"):
         resolve_lre_dir()
     assert not list((tmp_path / "cache").rglob("*.json"))  # nothing unverified is kept
 

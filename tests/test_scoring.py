@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.identify.ap import average_precision, average_precision_chunked
+from relspec_lmeval.identify.methods.ap import average_precision
+from relspec_lmeval.identify.methods.chunking import two_class_scores
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.scores import Scores, load_scores, neuron_set_from_scores, save_scores, select_flat
 from relspec_lmeval.sets.shape import SITES
@@ -62,7 +63,7 @@ def test_chunked_ap_equals_unchunked(budget, ties):
     values = torch.randint(0, 4, (30, 101), generator=g).float() if ties else torch.randn(30, 101, generator=g)
     labels = torch.arange(30) % 3 == 0
     whole = average_precision(values, labels)
-    chunked = average_precision_chunked(values, labels, budget_bytes=budget)
+    chunked = two_class_scores("ap", values, labels, budget_bytes=budget)
     assert torch.equal(whole, chunked)
 
 

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from relspec_lmeval.errors import LREDataError
+from relspec_lmeval.errors import DataError
 from relspec_lmeval.util.cache import cache_root
 from relspec_lmeval.util.env import env_flag
 from relspec_lmeval.util.files import atomic_write
@@ -71,7 +71,7 @@ def cache_dir() -> Path:
 def _checked_dir(path: str | Path, origin: str) -> Path:
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir() or not any(folder.glob("*.json")):
-        raise LREDataError(f"{origin} = {str(path)!r} holds no LRE JSON files. {HOW_TO_POINT}")
+        raise DataError(f"{origin} = {str(path)!r} holds no LRE JSON files. {HOW_TO_POINT}")
     return folder
 
 
@@ -93,9 +93,9 @@ def _download(folder: Path, names: list[str]) -> None:
             with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (fixed https/file URL)
                 data = response.read()
         except (urllib.error.URLError, OSError) as err:
-            raise LREDataError(f"Could not download {url}: {err}. {HOW_TO_POINT}") from err
+            raise DataError(f"Could not download {url}: {err}. {HOW_TO_POINT}") from err
         if _sha256(data) != LRE_SHA256[name]:
-            raise LREDataError(
+            raise DataError(
                 f"{url} does not match the pinned sha256 of {LRE_REPO}@{LRE_COMMIT}; "
                 f"refusing to use it. {HOW_TO_POINT}"
             )
@@ -110,7 +110,7 @@ def fetch_pinned_lre(needed: Sequence[str] = ()) -> Path:
     if env_flag("RELSPEC_OFFLINE"):
         absent = [name for name in needed if not (folder / name).is_file()]
         what = f"the LRE relation file {', '.join(absent)} is" if absent else "LRE relation files are"
-        raise LREDataError(f"{what} not in the cache {folder} and RELSPEC_OFFLINE is set, so they are not downloaded. {HOW_TO_POINT}")
+        raise DataError(f"{what} not in the cache {folder} and RELSPEC_OFFLINE is set, so they are not downloaded. {HOW_TO_POINT}")
     from filelock import FileLock
 
     folder.mkdir(parents=True, exist_ok=True)

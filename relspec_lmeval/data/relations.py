@@ -30,7 +30,7 @@ from relspec_lmeval.data.templates import (
     PAPER_RELATIONS,
     RelationSpec,
 )
-from relspec_lmeval.errors import DataError, LREDataError, UsageError
+from relspec_lmeval.errors import DataError, UsageError
 from relspec_lmeval.util import resources
 from relspec_lmeval.util.hashing import json_sha256
 from relspec_lmeval.util.suggest import did_you_mean
@@ -38,7 +38,6 @@ from relspec_lmeval.util.suggest import did_you_mean
 __all__ = [
     "EVA_SIZE",
     "LANGUAGES",
-    "LREDataError",
     "PPL_SIZE",
     "RELATIONS",
     "SPLIT_SEED",

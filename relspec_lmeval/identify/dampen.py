@@ -2,7 +2,7 @@
 
 AurA (Suau et al., "Whispering Experts: Neural Interventions for Toxicity Mitigation in
 Language Models", ICML 2024) multiplies each neuron's output by 1 − α·(2·AUROC − 1) where its
-AUROC is above 0.5 (``identify.methods.dampen_factors``), so the factors need AUROC scores:
+AUROC is above 0.5 (``dampen_factors``), so the factors need AUROC scores:
 sets and scores files made by ``relspec identify --method auroc`` (or cut from such scores
 by ``relspec select``). Two inputs:
 
@@ -25,7 +25,6 @@ import torch
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError, UsageError
 from relspec_lmeval.identify.controls import default_folder
-from relspec_lmeval.identify.methods import dampen_factors
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, SCORES_FORMAT, read_relspec_header
 from relspec_lmeval.sets.folder import SetsFolder, dampen_name, locked
 from relspec_lmeval.sets.neuron_set import NeuronSet
@@ -34,10 +33,34 @@ from relspec_lmeval.sets.scores import Scores, load_scores
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
-__all__ = ["CITATION", "FORMULA", "dampen_sets", "dampened_set", "dampened_scores"]
+__all__ = ["CITATION", "FORMULA", "dampen_factors", "dampen_sets", "dampened_set", "dampened_scores"]
 
 FORMULA = "factor = 1 - alpha * (2 * AUROC - 1) where AUROC > threshold, else 1"
 CITATION = "Suau et al., Whispering Experts: Neural Interventions for Toxicity Mitigation in Language Models, ICML 2024 (AurA)"
+
+
+def dampen_factors(auroc: torch.Tensor, alpha: float = 1.0, threshold: float = 0.5) -> torch.Tensor:
+    """AurA's per-neuron output multipliers from AUROC scores (float64, same shape).
+
+    factor = 1 − α·Gini = 1 − α·(2·AUROC − 1) where AUROC > ``threshold``, else 1. With
+    α = 1 and threshold 0.5 this is AurA exactly (apple/ml-aura ``scripts/learn_aura.py``:
+    ``alpha = 1 - 2 * (auroc - 0.5)`` for ``auroc > 0.5``): a neuron that separates perfectly
+    (AUROC 1) is silenced, one at chance is left alone. AurA has no free α; α ∈ [0, 1] scales
+    the dampening down (ours).
+
+    Example:
+        >>> import torch
+        >>> from relspec_lmeval.identify.dampen import dampen_factors
+        >>> dampen_factors(torch.tensor([1.0, 0.75, 0.5, 0.2]), alpha=1.0).tolist()
+        [0.0, 0.5, 1.0, 1.0]
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise UsageError(f"dampening alpha must be in [0, 1], got {alpha}")
+    scores = torch.as_tensor(auroc).to(torch.float64)
+    if bool(torch.isnan(scores).any()) or bool(((scores < 0) | (scores > 1)).any()):
+        raise UsageError("AUROC scores must lie in [0, 1] (no NaN)")
+    gini = 2.0 * scores - 1.0
+    return torch.where(scores > threshold, 1.0 - float(alpha) * gini, torch.ones_like(scores))
 
 
 def _needs_auroc(metadata: dict[str, Any], path: Path | str) -> None:

@@ -14,8 +14,14 @@ The paper's method (docs/identification.md has the details and every choice we m
    negatives = ``negative_ratio`` × as many prompts drawn from the other relations' P^det.
 3. One forward pass over positives + negatives records every neuron's mean over each
    prompt's tokens (BOS included, padding excluded), on the model's device.
-4. AP of every neuron as a score of positive vs negative, batched on the device; the
-   top-k (ties by (layer, site, index)), or with ``select=both`` top ⌈k/2⌉ + bottom ⌊k/2⌋.
+4. The method's score of every neuron, positives against negatives (AP by default;
+   ``identify.methods``), batched on the device; the top-k (ties by (layer, site, index)), or
+   with ``select=both`` top ⌈k/2⌉ + bottom ⌊k/2⌋. (``--method lape`` replaces steps 2 and 3
+   with one counting pass over every relation's P^det.)
+
+``identify`` makes these four calls in turn: ``_check_correctness``, then per relation
+``choose_prompts``, ``_statistics_pass`` and ``two_class_scores`` (``_score_relation``), and
+``SetsWriter.write`` writes each relation's files with the run's provenance (``identify.outputs``).
 
 Output: a ``SetsFolder`` (``<out>/<relation>.safetensors``, ``scores/``, ``summary.json``), locked
 while the run writes it; a folder holds one run: a run with the same parameters adds its relations
@@ -25,7 +31,6 @@ Everything that can be checked without the model is checked before it is loaded.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Mapping
@@ -34,25 +39,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from relspec_lmeval import __version__
-from relspec_lmeval.data.choice import CHOICE_SEED, DISTRACTORS
-from relspec_lmeval.data.relations import docs_hash
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
 from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, pad_token_id
 from relspec_lmeval.identify.answer_cache import AnswerCache, model_fingerprint
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
-from relspec_lmeval.identify.correctness import check_answers, check_name
-from relspec_lmeval.identify.lape import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_SITE, LAPE_TOP_RATE, LapeRun
-from relspec_lmeval.identify.methods import two_class_scores
-from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations, selection_hash
-from relspec_lmeval.identify.summary import RelationResult, build_summary, environment, format_table, kept_results
+from relspec_lmeval.identify.correctness import Answers, check_answers, check_name
+from relspec_lmeval.identify.methods.chunking import two_class_scores
+from relspec_lmeval.identify.methods.lape import LapeRun
+from relspec_lmeval.identify.methods.registry import METHODS
+from relspec_lmeval.identify.outputs import Scored, SetsWriter, means_over, run_parameters
+from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations
+from relspec_lmeval.identify.summary import RelationResult, environment, format_table, kept_results
 from relspec_lmeval.modelio.load import load_config, load_model, meta_skeleton
 from relspec_lmeval.modelio.sites import site_modules
 from relspec_lmeval.sets.folder import EarlierRun, SetsFolder
-from relspec_lmeval.sets.scores import Scores, save_scores
-from relspec_lmeval.sets.shape import DEFAULT_SITES, ModelShape, model_metadata
-from relspec_lmeval.util.files import StagedFiles
+from relspec_lmeval.sets.shape import ModelShape, model_metadata
 from relspec_lmeval.util.resources import refuse_shipped
 
 __all__ = ["check_fit", "check_out_dir", "identify"]
@@ -90,36 +95,6 @@ def check_out_dir(out: Path) -> None:
 _AFTER_LOAD = ("dtype", "device", "chat_template")  # parameters known once the model is loaded
 
 
-def _parameters(cfg: IdentifyConfig, shape: ModelShape, batch_size: int, dtype: str | None = None, device: str | None = None,
-                chat: Any = None) -> dict[str, Any]:
-    """``parameters`` of the metadata: what the files depend on beyond model and data (before the load: ``_AFTER_LOAD`` unset)."""
-    generate = cfg.filter and cfg.correct_by == "generate"
-    return {
-        "k": cfg.k,
-        "select": cfg.select,
-        **({"sites": list(shape.sites)} if shape.sites != DEFAULT_SITES else {}),
-        "cap": cfg.cap,
-        "negative_ratio": cfg.negative_ratio,
-        "seed": cfg.seed,
-        "batch_size": batch_size,
-        "dtype": dtype,
-        "device": device,
-        "filter": (f"greedy-{MAX_NEW_TOKENS}" if generate else "choice") if cfg.filter else "none",
-        **({"choice": {"seed": CHOICE_SEED, "distractors": DISTRACTORS}} if cfg.filter and not generate else {}),
-        **({"correct_metric": cfg.correct_metric} if cfg.filter and cfg.correct_metric != "acc" else {}),
-        "min_positives": cfg.min_positives_needed,
-        **({"chat_template": chat} if cfg.apply_chat_template else {}),
-        "template_set": cfg.template_set,
-        "language": cfg.language,
-        **({"lape": {"top_rate": LAPE_TOP_RATE, "filter_rate": LAPE_FILTER_RATE, "activation_bar_ratio": LAPE_BAR_RATIO,
-                     "site": LAPE_SITE, "prompts": "every P^det prompt of each relation of the pool"}} if cfg.method == "lape" else {}),
-    }
-
-
-def _means_over(pool: Pool) -> str:
-    return f"all {len(pool.flat())} P^det prompts of the pool"
-
-
 @dataclass
 class _Run:
     """What the checks before the model load established."""
@@ -152,44 +127,61 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
     out = Path(cfg.out)
     check_out_dir(out)
     ours = {"model": model_block, "method": cfg.method, "data_hash": pool.hash(), "package_version": __version__,
-            "means_over": _means_over(pool), "parameters": _parameters(cfg, shape, int(cfg.max_batch_size if cfg.batch_size == "auto" else cfg.batch_size))}
+            "means_over": means_over(pool), "parameters": run_parameters(cfg, shape, int(cfg.max_batch_size if cfg.batch_size == "auto" else cfg.batch_size))}
     return _Run(cfg, pool, selected, config, shape, model_block, SetsFolder(out), ours)
 
 
-def _two_class(cfg: IdentifyConfig, model: Any, shape: ModelShape, encoded: Mapping[str, list[list[int]]], positives: list,
-               negatives: list, relation: str, result: RelationResult, batch: BatchSize, pad: int, processes: Processes,
-               device: Any, budget: int) -> Any:
-    """The statistics pass over positives + negatives, then the method's score of every neuron (None off the main process)."""
-    import torch
+@dataclass
+class _Passes:
+    """The loaded model and what every pass over it shares (one argument instead of a dozen)."""
 
-    items = positives + negatives
-    labels = torch.zeros(len(items), dtype=torch.bool)
-    labels[: len(positives)] = True
-    matrix_bytes = len(items) * shape.total * 4
-    on_device = device.type != "cpu" and matrix_bytes <= budget // 2
-    start = time.perf_counter()
-    matrix = batch.run(
-        lambda bs: activation_matrix(
-            model, [encoded[r][i] for r, i in items], shape, batch_size=bs, pad_id=pad,
-            matrix_device=device if on_device else "cpu", processes=processes, desc=f"statistics {relation}", progress=cfg.progress,
-        )
-    )
-    result.seconds["statistics"] = time.perf_counter() - start
-    if not processes.is_main:
-        return None
-    start = time.perf_counter()
-    scores = two_class_scores(cfg.method, matrix, labels, device=device, budget_bytes=max(1, budget - (matrix_bytes if on_device else 0)))
-    result.seconds["ap"] = time.perf_counter() - start
-    return scores
+    cfg: IdentifyConfig
+    model: Any
+    tokenizer: Any
+    shape: ModelShape
+    encoded: dict[str, list[list[int]]]  # every prompt of the pool as token ids, per relation
+    texts_of: dict[str, list[str]]  # the same prompts as strings (chat template applied)
+    batch: BatchSize
+    pad: int
+    processes: Processes
+    device: Any
+    budget: int = 0  # bytes for the statistics matrix and the scores: measured after step 1 (memory_budget)
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype)
 
 
 def identify(cfg: IdentifyConfig) -> dict[str, Any]:
     """Run the whole identification; returns the summary (also written to ``<out>/summary.json``).
 
-    Raises ``UsageError``, ``DataError``, ``ModelError`` or ``NeuronSetError`` for anything
-    wrong with the request (before the model loads where it can be known then), and
-    ``OutputError`` when the outputs cannot be written; a relation's set, its scores and the
-    summary that lists them appear together or not at all.
+    Args:
+        cfg: the run (``IdentifyConfig``: the flags of ``relspec identify``).
+
+    Returns:
+        The summary: ``model``, ``data``, ``parameters``, ``command``, per relation its counts
+        and set (``relations``), the sets' ``overlaps``, the ``environment`` and the relations
+        ``skipped`` (too few positives) with why.
+
+    Raises:
+        UsageError, DataError, ModelError, NeuronSetError: anything wrong with the request
+            (before the model loads where it can be known then).
+        OutputError: the outputs cannot be written. A relation's set, its scores and the summary
+            that lists them appear together or not at all.
+
+    Example (``--no-filter``: every P^det prompt is a positive; skipped in the doctests, the
+    passes over relspec-tiny take about 13 s on a CPU; imported from its module because, once
+    ``relspec_lmeval.identify`` the package is imported, it shadows this function there):
+        >>> import tempfile
+        >>> from relspec_lmeval import IdentifyConfig, NeuronSet
+        >>> from relspec_lmeval.identify.pipeline import identify
+        >>> out = tempfile.mkdtemp()
+        >>> summary = identify(IdentifyConfig(model="relspec-tiny", out=out, data="relation_recall_synthetic_det",  # doctest: +SKIP
+        ...                                   relations="person_pro_sport", k=38, filter=False, progress=False))
+        >>> summary["relations"]["person_pro_sport"]["neurons"]  # doctest: +SKIP
+        38
+        >>> len(NeuronSet.load(f"{out}/person_pro_sport.safetensors"))  # doctest: +SKIP
+        38
     """
     run = _prepare(cfg)
     processes = Processes()
@@ -200,36 +192,59 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
 
 
 def _identify(cfg: IdentifyConfig, run: _Run, processes: Processes) -> dict[str, Any]:
-    import torch
+    passes = _load(cfg, run, processes)
+    answers, cache = _check_correctness(passes, run)  # 1.
+    todo, skipped = _enough_positives(cfg, run, answers.correct)
+    passes.budget = memory_budget(cfg, passes.device)
+    writer = _start_writing(run, passes, answers.means, todo, skipped)
+    lape_run = _count_active(passes, answers.timings) if METHODS[cfg.method].needs == "active-counts" else None
+    for relation in todo:
+        scored = _score_relation(passes, run.pool, answers.correct, relation, lape_run)  # 2.-4.
+        if isinstance(scored, str):
+            skipped[relation] = scored
+        elif processes.is_main:  # the other processes only helped with the passes
+            writer.write(scored)
+    if processes.is_main:
+        _report(cfg, writer, answers, cache)
+    processes.barrier()
+    return writer.summary
 
-    pool, shape = run.pool, run.shape
+
+def _load(cfg: IdentifyConfig, run: _Run, processes: Processes) -> _Passes:
+    """The model on its device, every scored site found, the pool's prompts as the token ids lm-eval sends."""
     device_name = cfg.device or (str(processes.device) if processes.device else None)
     model, tokenizer = load_model(cfg.model, revision=cfg.revision, dtype=cfg.dtype, device=device_name, device_map=cfg.device_map,
                                   gguf_file=cfg.gguf_file, progress=cfg.progress)
-    site_modules(model, [(layer, site) for layer, site, _, _ in shape.blocks()])  # its MLPs, and every scored site, before any pass
-    device = model.get_input_embeddings().weight.device
+    site_modules(model, [(layer, site) for layer, site, _, _ in run.shape.blocks()])  # its MLPs, and every scored site, before any pass
     if cfg.apply_chat_template:  # the strings lm-eval sends under --apply_chat_template
-        texts_of = {r: chat_prompts(docs, tokenizer, cfg.system_instruction) for r, docs in pool.docs.items()}
+        texts_of = {r: chat_prompts(docs, tokenizer, cfg.system_instruction) for r, docs in run.pool.docs.items()}
     else:
-        texts_of = {r: [d["prompt"] for d in docs] for r, docs in pool.docs.items()}
+        texts_of = {r: [d["prompt"] for d in docs] for r, docs in run.pool.docs.items()}
     encoded = {r: encode_prompts(tokenizer, texts) for r, texts in texts_of.items()}
     check_fit(model, run.config, encoded, cfg.model)
-    batch = BatchSize(cfg.batch_size, cfg.max_batch_size)
-    pad = pad_token_id(tokenizer)
+    return _Passes(cfg, model, tokenizer, run.shape, encoded, texts_of, BatchSize(cfg.batch_size, cfg.max_batch_size),
+                   pad_token_id(tokenizer), processes, model.get_input_embeddings().weight.device)
 
-    # 1. correctness filter of the P^det of the relations asked for (negatives are not
-    # validated, as in the paper); the pass goes over the whole pool, whose prefill sums every
-    # neuron's prompt means, in the same batches whatever is asked or cached
-    cache = None
+
+def _check_correctness(passes: _Passes, run: _Run) -> tuple[Answers, AnswerCache | None]:
+    """Step 1: the correctness check of the P^det of the relations asked for (negatives are not
+    validated, as in the paper); its pass goes over the whole pool, whose prefill sums every
+    neuron's prompt means, in the same batches whatever is asked or cached."""
+    cfg, cache = passes.cfg, None
     if cfg.filter and cfg.cache:
         # the folder or hub id transformers loaded (for a GGUF model: its converted folder)
-        fingerprint = model_fingerprint(str(model.name_or_path), cfg.revision, str(next(model.parameters()).dtype), device.type)
+        fingerprint = model_fingerprint(str(passes.model.name_or_path), cfg.revision, passes.dtype, passes.device.type)
         cache = AnswerCache(fingerprint, check_name(cfg))
-    answers = check_answers(cfg, pool, run.selected, model, tokenizer, shape, encoded, texts_of, batch.run, processes, pad, cache)
-    correct, means, timings = answers.correct, answers.means, answers.timings
+    answers = check_answers(cfg, run.pool, run.selected, passes.model, passes.tokenizer, passes.shape, passes.encoded, passes.texts_of,
+                            passes.batch.run, passes.processes, passes.pad, cache)
+    return answers, cache
+
+
+def _enough_positives(cfg: IdentifyConfig, run: _Run, correct: Mapping[str, list[bool]]) -> tuple[list[str], dict[str, str]]:
+    """The relations with at least ``min_positives`` correct prompts, and why each other one is skipped."""
     minimum = cfg.min_positives_needed
     skipped = {
-        r: f"{sum(correct[r])} of {len(pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
+        r: f"{sum(correct[r])} of {len(run.pool.docs[r])} P^det prompts answered correctly, fewer than --min-positives {minimum}"
         for r in run.selected if sum(correct[r]) < minimum
     }
     todo = [r for r in run.selected if r not in skipped]
@@ -239,93 +254,87 @@ def _identify(cfg: IdentifyConfig, run: _Run, processes: Processes) -> dict[str,
             f"no relation has enough positives to identify: {detail}. Lower --min-positives, leave these relations out "
             "(--relations), or use --no-filter to keep every prompt"
         )
+    return todo, skipped
 
-    chat = chat_record(tokenizer, cfg.system_instruction) if cfg.apply_chat_template else None
-    parameters = _parameters(cfg, shape, batch.value, str(next(model.parameters()).dtype).replace("torch.", ""), device.type, chat)
-    pool_hash = pool.hash()
-    base_meta = {
-        "model": run.model_block,
-        "method": cfg.method,
-        "parameters": parameters,
-        "data_hash": pool_hash,
-        "package_version": __version__,
-        "command": cfg.command,
-    }
-    budget = memory_budget(cfg, device)
-    env = environment(device)
-    kept = {}
+
+def _count_active(passes: _Passes, timings: dict[str, float]) -> LapeRun:
+    """``--method lape``: one counting pass over every relation of the pool (all enter the entropy)."""
+    start = time.perf_counter()
+    lape_run = passes.batch.run(lambda bs: LapeRun.count(passes.model, passes.encoded, passes.shape, batch_size=bs, pad_id=passes.pad,
+                                                         processes=passes.processes, desc="active counts", progress=passes.cfg.progress))
+    timings["lape_counts"] = time.perf_counter() - start
+    return lape_run
+
+
+def _score_relation(passes: _Passes, pool: Pool, correct: Mapping[str, list[bool]], relation: str, lape_run: LapeRun | None) -> Scored | str:
+    """Steps 2-4 for one relation (positives and negatives, the statistics pass, the scores), or why it is skipped."""
+    cfg, counts = passes.cfg, (relation, len(pool.docs[relation]), sum(correct[relation]))
+    if lape_run is not None:  # no positives and no statistics pass; Tang's set size caps k
+        scores, tang = lape_run.relation_scores(passes.shape, relation)
+        if tang == 0:
+            return "LAPE assigns it no neuron"
+        return Scored(RelationResult(*counts, 0, 0), scores, min(cfg.k, tang))
+    positives, negatives = choose_prompts(pool, correct, relation, cap=cfg.cap, negative_ratio=cfg.negative_ratio, seed=cfg.seed)
+    result = RelationResult(*counts, len(positives), len(negatives))
+    return Scored(result, _two_class(passes, relation, positives, negatives, result), cfg.k, positives, negatives)
+
+
+def _two_class(passes: _Passes, relation: str, positives: list, negatives: list, result: RelationResult) -> torch.Tensor | None:
+    """Steps 3 and 4: the statistics pass over positives + negatives, then the method's score of every neuron (None off the main process)."""
+    labels = torch.zeros(len(positives) + len(negatives), dtype=torch.bool)
+    labels[: len(positives)] = True
+    start = time.perf_counter()
+    matrix, on_device_bytes = _statistics_pass(passes, relation, positives + negatives)
+    result.seconds["statistics"] = time.perf_counter() - start
+    if not passes.processes.is_main:
+        return None
+    start = time.perf_counter()
+    scores = two_class_scores(passes.cfg.method, matrix, labels, device=passes.device, budget_bytes=max(1, passes.budget - on_device_bytes))
+    result.seconds["scores"] = time.perf_counter() - start
+    return scores
+
+
+def _statistics_pass(passes: _Passes, relation: str, items: list) -> tuple[torch.Tensor, int]:
+    """Every neuron's mean over each prompt's tokens, [prompts, neurons], and the bytes it takes on the device:
+    it stays there when it fits half the budget, else it goes to host memory (and the scores take it in chunks)."""
+    matrix_bytes = len(items) * passes.shape.total * 4
+    on_device = passes.device.type != "cpu" and matrix_bytes <= passes.budget // 2
+    matrix = passes.batch.run(
+        lambda bs: activation_matrix(
+            passes.model, [passes.encoded[r][i] for r, i in items], passes.shape, batch_size=bs, pad_id=passes.pad,
+            matrix_device=passes.device if on_device else "cpu", processes=passes.processes, desc=f"statistics {relation}",
+            progress=passes.cfg.progress,
+        )
+    )
+    return matrix, matrix_bytes if on_device else 0
+
+
+def _start_writing(run: _Run, passes: _Passes, means: torch.Tensor, todo: list[str], skipped: dict[str, str]) -> SetsWriter:
+    """The run's provenance (with the batch size step 1 ended at), and the relations of an earlier run
+    with the same parameters that this run keeps (refused if their parameters or means differ)."""
+    cfg = run.cfg
+    chat = chat_record(passes.tokenizer, cfg.system_instruction) if cfg.apply_chat_template else None
+    parameters = run_parameters(cfg, passes.shape, passes.batch.value, passes.dtype.replace("torch.", ""), passes.device.type, chat)
+    meta = {"model": run.model_block, "method": cfg.method, "parameters": parameters, "data_hash": run.pool.hash(),
+            "package_version": __version__, "command": cfg.command}
+    env, kept = environment(passes.device), {}
     if run.earlier is not None:  # a run with the same parameters wrote this folder: its other relations stay
         run.earlier.check({**run.ours, "parameters": parameters})
         kept = run.earlier.kept(todo)
         run.earlier.check_means(kept, means, env)
-    results: list[RelationResult] = kept_results(run.folder, kept)
-    stale = run.folder.run_files() if cfg.force and processes.is_main else []  # replaced when the first set is written
+    stale = run.folder.run_files() if cfg.force and passes.processes.is_main else []  # replaced when the first set is written
+    return SetsWriter(cfg, run.pool, run.shape, run.folder, meta, means, env, skipped, kept_results(run.folder, kept), kept, stale)
 
-    def summarize() -> dict[str, Any]:
-        return {**build_summary(results, pool, run.model_block, parameters, cfg.command, shape), "environment": env, "skipped": skipped}
 
-    summary = summarize()
-
-    lape_run = None
-    if cfg.method == "lape":  # one counting pass over every relation of the pool (all enter the entropy)
-        start = time.perf_counter()
-        lape_run = batch.run(lambda bs: LapeRun.count(model, encoded, shape, batch_size=bs, pad_id=pad, processes=processes,
-                                                      desc="active counts", progress=cfg.progress))
-        timings["lape_counts"] = time.perf_counter() - start
-
-    # 2.-4. per relation: positives/negatives, statistics pass, AP, top-k
-    for relation in todo:
-        k = cfg.k
-        if lape_run is not None:  # no positives and no statistics pass; Tang's set size caps k
-            ap, tang = lape_run.relation_scores(shape, relation)
-            if tang == 0:
-                skipped[relation] = "LAPE assigns it no neuron"
-                continue
-            k, positives, negatives = min(k, tang), [], []
-            result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), 0, 0)
-            results.append(result)
-        else:
-            positives, negatives = choose_prompts(pool, correct, relation, cap=cfg.cap, negative_ratio=cfg.negative_ratio, seed=cfg.seed)
-            result = RelationResult(relation, len(pool.docs[relation]), sum(correct[relation]), len(positives), len(negatives))
-            results.append(result)
-            ap = _two_class(cfg, model, shape, encoded, positives, negatives, relation, result, batch, pad, processes, device, budget)
-        if not processes.is_main:  # the other processes only helped with the passes
-            continue
-        data_block = {
-            "source": pool.source,
-            "relations": pool.relations,
-            "pool_hash": pool_hash,
-            "relation_hash": docs_hash(pool.docs[relation]),
-            "selection_hash": selection_hash(positives, negatives, pool),
-            "det_prompts": result.det_prompts,
-            "correct": result.correct,
-            "positives": result.positives,
-            "negatives": result.negatives,
-            "means_over": run.ours["means_over"],
-        }
-        meta = {**base_meta, "relation": relation, "data": data_block}
-        scores = Scores(shape, ap.to(torch.float32), means, {**meta, "kind": "scores"})
-        neuron_set = scores.to_neuron_set(k, cfg.select, {**meta, "k": k, "select": cfg.select})
-        result.neuron_set = neuron_set
-        result.scores_path, result.set_path = run.folder.scores_path(relation), run.folder.set_path(relation)
-        summary = summarize()
-        with StagedFiles() as staged:  # the relation's scores, set and summary appear together
-            save_scores(scores, result.scores_path, staged)
-            neuron_set.save(result.set_path, staged)
-            staged.write_text(run.folder.summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            run.folder.remove(set(stale) - {result.scores_path, result.set_path, run.folder.summary_path})  # --force
-            stale = []
-
-    if processes.is_main and cfg.print_table:
-        print(format_table(summary, timings, results))
-    if processes.is_main and answers.cached and cache is not None:
+def _report(cfg: IdentifyConfig, writer: SetsWriter, answers: Answers, cache: AnswerCache | None) -> None:
+    """The table on stdout; reused answers, kept relations and skipped ones on stderr (where users look: the end)."""
+    if cfg.print_table:
+        print(format_table(writer.summary, answers.timings, writer.results))
+    if answers.cached and cache is not None:
         print(f"relspec identify: {answers.cached} answers of the correctness check reused from {cache.path} (--no-cache recomputes)",
               file=sys.stderr)
-    if processes.is_main and kept:
-        print(f"relspec identify: kept {len(kept)} relation(s) that an earlier run with the same parameters wrote to {cfg.out}: "
-              f"{', '.join(kept)} (--force replaces them)", file=sys.stderr)
-    if processes.is_main and skipped:
-        for relation, why in skipped.items():  # where users look: the end of the output, on stderr
-            print(f"relspec identify: skipped {relation}: {why}", file=sys.stderr)
-    processes.barrier()
-    return summary
+    if writer.kept:
+        print(f"relspec identify: kept {len(writer.kept)} relation(s) that an earlier run with the same parameters wrote to {cfg.out}: "
+              f"{', '.join(writer.kept)} (--force replaces them)", file=sys.stderr)
+    for relation, why in writer.skipped.items():
+        print(f"relspec identify: skipped {relation}: {why}", file=sys.stderr)

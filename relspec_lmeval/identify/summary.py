@@ -102,7 +102,7 @@ def format_table(summary: Mapping[str, Any], timings: Mapping[str, float] | None
         t = seconds.get(name, {})
         lines.append(
             f"{name:<{width}}  {e['det_prompts']:>6} {e['correct']:>7} {100 * e['accuracy']:>5.1f}% {e['positives']:>5} "
-            f"{e['negatives']:>6} {e.get('neurons', 0):>7}  {peak_text:<11} {t.get('statistics', 0) + t.get('ap', 0):6.1f}s"
+            f"{e['negatives']:>6} {e.get('neurons', 0):>7}  {peak_text:<11} {t.get('statistics', 0) + t.get('scores', 0):6.1f}s"
         )
     for name, why in (summary.get("skipped") or {}).items():
         lines.append(f"{name:<{width}}  skipped: {why}")

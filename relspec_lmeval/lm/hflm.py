@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,8 +42,51 @@ __all__ = ["RESULTS_KEY", "RelspecHFLM"]
 RESULTS_KEY = "relspec"
 
 
+class _BatchPlan:
+    """The rows of the batch HFLM runs next, handed from ``_loglikelihood_tokens`` to ``_model_call``.
+
+    HFLM's ``_loglikelihood_tokens`` pads each batch and calls ``_model_call(inps)`` itself, so
+    the plan of that batch (``lm.positions.plan_chunks``) cannot travel as an argument: it is held
+    while HFLM runs one planned chunk (``holding``) and taken once by the forward pass
+    (``take``); a second pass in the same chunk, or one outside any, gets None and the
+    pre-hook refuses it.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[Row] | None = None
+
+    @contextmanager
+    def holding(self, rows: list[Row]) -> Iterator[None]:
+        self._rows = rows
+        try:
+            yield
+        finally:
+            self._rows = None
+
+    def take(self) -> list[Row] | None:
+        rows, self._rows = self._rows, None
+        return rows
+
+
 @register_model("relspec-hf")
 class RelspecHFLM(HFLM):
+    """lm-eval's ``hf`` model with neuron sets switched off: ``lm_eval --model relspec-hf``.
+
+    Takes HFLM's own arguments (``pretrained``, ``device``, ``dtype``, ``batch_size``, …) and the
+    set's (``__init__``); pass the object to ``lm_eval.simple_evaluate(model=...)`` as any LM.
+    ``relspec_info()`` is what the results record under ``config.relspec``.
+
+    Example (relspec-tiny loads in about 2 s on a CPU):
+        >>> from relspec_lmeval import RelspecHFLM
+        >>> lm = RelspecHFLM(pretrained="relspec-tiny", neuron_set="relspec-tiny/person_father", device="cpu")
+        >>> info = lm.relspec_info()
+        >>> info["count"], info["mode"], info["applied_with"]
+        (38, 'zero', ['weights'])
+        >>> lm.set_neuron_sets(None)  # the unmodified model again, without reloading it
+        >>> lm.relspec_info()["count"]
+        0
+    """
+
     def __init__(
         self,
         pretrained: Any,
@@ -76,7 +120,7 @@ class RelspecHFLM(HFLM):
                                    kwargs.get("dtype", "auto"))
         self.relspec_spec = checked.spec
         self.relspec_positions = PositionMask(positions) if positions != "all" else None
-        self._relspec_rows: list[Row] | None = None  # the rows of the next _model_call (positions != all)
+        self._relspec_plan = _BatchPlan()  # the rows of the next _model_call (positions != all)
         self._relspec_rolling = False
         self.relspec_allow_empty = checked.allow_empty
         self.relspec_sets: list[NeuronSet] = checked.sets
@@ -127,10 +171,11 @@ class RelspecHFLM(HFLM):
         the union of the sets (``A+B`` of overlapping sets switches a shared neuron off once);
         ``overlap`` is the sets' counts summed minus ``count``."""
         applied = union_all(self.relspec_sets) if self.relspec_sets else None
-        return {
-            "package_version": __version__,
-            **({"model_source": self.relspec_source} if self.relspec_source else {}),
-            "sets": [
+        info: dict[str, Any] = {"package_version": __version__}
+        if self.relspec_source:  # a GGUF model: where its plain checkpoint came from
+            info["model_source"] = self.relspec_source
+        info.update(
+            sets=[
                 {
                     "path": str(s.path),
                     "sha256": s.sha256(),
@@ -141,16 +186,17 @@ class RelspecHFLM(HFLM):
                 }
                 for s in self.relspec_sets
             ],
-            "count": len(applied) if applied is not None else 0,
-            "count_per_site": applied.count_per_site() if applied is not None else {},
-            "overlap": sum(len(s) for s in self.relspec_sets) - len(applied) if applied is not None else 0,
-            "content_sha256": applied.content_sha256() if applied is not None else None,
-            "empty": applied is not None and not len(applied),
-            "mode": self.relspec_spec.mode if self.relspec_sets else None,
-            "factor": self.relspec_spec.factor,
-            "positions": self.relspec_spec.positions if self.relspec_sets else None,
-            "applied_with": self.relspec_ablation.methods if self.relspec_ablation else [],
-        }
+            count=len(applied) if applied is not None else 0,
+            count_per_site=applied.count_per_site() if applied is not None else {},
+            overlap=sum(len(s) for s in self.relspec_sets) - len(applied) if applied is not None else 0,
+            content_sha256=applied.content_sha256() if applied is not None else None,
+            empty=applied is not None and not len(applied),
+            mode=self.relspec_spec.mode if self.relspec_sets else None,
+            factor=self.relspec_spec.factor,
+            positions=self.relspec_spec.positions if self.relspec_sets else None,
+            applied_with=self.relspec_ablation.methods if self.relspec_ablation else [],
+        )
+        return info
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), RESULTS_KEY: self.relspec_info()}
@@ -172,11 +218,8 @@ class RelspecHFLM(HFLM):
         chunks = plan_chunks(requests, self.max_length, size, grouped=bool(self.logits_cache), rolling=self._relspec_rolling)
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
         for indices, rows in chunks:
-            self._relspec_rows = rows
-            try:
+            with self._relspec_plan.holding(rows):
                 answers = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=True, override_bs=size)
-            finally:
-                self._relspec_rows = None
             for i, answer in zip(indices, answers, strict=True):
                 results[i] = answer
             bar.update(len(indices))
@@ -187,7 +230,7 @@ class RelspecHFLM(HFLM):
         masks = self._masking()
         if masks is None:
             return super()._model_call(inps, attn_mask, labels)
-        rows, self._relspec_rows = self._relspec_rows, None  # one pass per planned batch
+        rows = self._relspec_plan.take()  # one pass per planned batch
         if rows is None:
             return super()._model_call(inps, attn_mask, labels)  # unplanned: the pre-hook refuses it
         with masks.rows(rows, inps):

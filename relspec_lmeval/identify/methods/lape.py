@@ -1,4 +1,4 @@
-"""LAPE (Tang et al., ACL 2024): language-activation-probability entropy, for relations.
+"""``--method lape`` (Tang et al., ACL 2024): language-activation-probability entropy, for relations.
 
 Tang et al.'s neuron is one channel of ``act_fn(gate_proj(x))`` (the gate activation before
 it multiplies ``up_proj``'s output; intermediate width), and its statistic per class is the
@@ -33,16 +33,12 @@ from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError, UsageError
 from relspec_lmeval.identify.activations import HookedRecorder, Processes, forward_kwargs, input_device, length_batches, pad_batch
+from relspec_lmeval.identify.methods.registry import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_SITE, LAPE_TOP_RATE
 from relspec_lmeval.modelio.sites import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress as progress_bar
 
 __all__ = [
-    "LAPE_BAR_RATIO",
-    "LAPE_FILTER_RATE",
-    "LAPE_TOP_RATE",
-    "LapeRun",
-    "LAPE_SITE",
     "ActiveCountRecorder",
     "Lape",
     "activation_probability",
@@ -51,10 +47,8 @@ __all__ = [
     "lape_entropy",
     "lape_scores",
     "lape_site_scores",
+    "LapeRun",
 ]
-
-LAPE_SITE = "gate_proj"  # the site whose channel index is LAPE's neuron
-
 
 def activation_probability(counts_active: torch.Tensor, token_counts: torch.Tensor) -> torch.Tensor:
     """p[r, n] = counts_active[r, n] / token_counts[r]: float64 [relations, neurons].
@@ -117,9 +111,6 @@ class Lape:
     def scores(self) -> torch.Tensor:
         """float64 [R, N]: −LAPE where assigned to the relation, −inf elsewhere (higher = more specific)."""
         return torch.where(self.assigned, -self.entropy.unsqueeze(0), -math.inf)
-
-
-LAPE_TOP_RATE, LAPE_FILTER_RATE, LAPE_BAR_RATIO = 0.01, 0.95, 0.95  # Tang et al.'s identify.py defaults
 
 
 def lape(probabilities: torch.Tensor, *, top_rate: float = LAPE_TOP_RATE, filter_rate: float = LAPE_FILTER_RATE,

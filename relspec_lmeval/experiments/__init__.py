@@ -1,0 +1,1 @@
+"""The paper's experiments: ``relspec reproduce`` (plan, runs, report) and ``relspec compare``."""

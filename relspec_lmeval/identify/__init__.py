@@ -1,0 +1,1 @@
+"""Identification: ``relspec identify`` (``pipeline``), its scores (``methods``), random controls and dampened sets."""

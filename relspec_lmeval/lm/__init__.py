@@ -1,0 +1,1 @@
+"""The lm-eval side: ``relspec-hf`` (``hflm``), switching neurons off, positions, ablated checkpoints."""
