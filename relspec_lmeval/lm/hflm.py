@@ -128,7 +128,10 @@ class RelspecHFLM(HFLM):
         self.relspec_source = {"pretrained": str(pretrained), "gguf_file": gguf_file} if gguf_file else None
         # HFLM's own default is "cuda", which a CPU-only torch cannot give, and lm_eval passes no
         # device when --device is left out: cuda when available, else cpu (modelio.load.default_device)
-        kwargs["device"] = default_device(kwargs.get("device"))[0]  # HFLM logs "Using device …"
+        # A device given is HFLM's to judge (under `accelerate launch` lm-eval passes cuda:N, which the
+        # accelerator then overrides, also on CPU processes); only a missing one is chosen here.
+        if not kwargs.get("device"):
+            kwargs["device"] = default_device(None)[0]  # HFLM logs "Using device …"
         super().__init__(pretrained=resolve_pretrained(pretrained, gguf_file), **kwargs)
         if self.relspec_sets:
             self.set_neuron_sets(self.relspec_sets)
