@@ -24,7 +24,7 @@ _EXPORTS = {
     "ablated": "relspec_lmeval.lm.ablation",
     "RelspecHFLM": "relspec_lmeval.lm.hflm",
     "IdentifyConfig": "relspec_lmeval.identify.config",
-    "identify": "relspec_lmeval.identify.pipeline",
+    "identify_sets": "relspec_lmeval.identify.pipeline",  # not "identify": that is the identify/ package
     "random_sets": "relspec_lmeval.identify.controls",
     "select_sets": "relspec_lmeval.identify.controls",
     "ReproduceConfig": "relspec_lmeval.experiments.plan",

@@ -60,7 +60,7 @@ from relspec_lmeval.sets.folder import EarlierRun, SetsFolder
 from relspec_lmeval.sets.shape import ModelShape, model_metadata
 from relspec_lmeval.util.resources import refuse_shipped
 
-__all__ = ["check_fit", "check_out_dir", "identify"]
+__all__ = ["check_fit", "check_out_dir", "identify", "identify_sets"]
 
 
 def check_fit(model: Any, config: Any, encoded: Mapping[str, list[list[int]]], model_name: str) -> None:
@@ -170,11 +170,10 @@ def identify(cfg: IdentifyConfig) -> dict[str, Any]:
             that lists them appear together or not at all.
 
     Example (``--no-filter``: every P^det prompt is a positive; skipped in the doctests, the
-    passes over relspec-tiny take about 13 s on a CPU; imported from its module because, once
-    ``relspec_lmeval.identify`` the package is imported, it shadows this function there):
+    passes over relspec-tiny take about 13 s on a CPU; public as ``relspec_lmeval.identify_sets``,
+    since ``relspec_lmeval.identify`` is the package):
         >>> import tempfile
-        >>> from relspec_lmeval import IdentifyConfig, NeuronSet
-        >>> from relspec_lmeval.identify.pipeline import identify
+        >>> from relspec_lmeval import IdentifyConfig, identify_sets as identify
         >>> out = tempfile.mkdtemp()
         >>> summary = identify(IdentifyConfig(model="relspec-tiny", out=out, data="relation_recall_synthetic_det",  # doctest: +SKIP
         ...                                   relations="person_pro_sport", k=38, filter=False, progress=False))
@@ -338,3 +337,8 @@ def _report(cfg: IdentifyConfig, writer: SetsWriter, answers: Answers, cache: An
               f"{', '.join(writer.kept)} (--force replaces them)", file=sys.stderr)
     for relation, why in writer.skipped.items():
         print(f"relspec identify: skipped {relation}: {why}", file=sys.stderr)
+
+
+# The public name (``relspec_lmeval.identify_sets``): ``relspec_lmeval.identify`` is this package's
+# folder, and importing any ``relspec_lmeval.identify.*`` module rebinds that name to it.
+identify_sets = identify
