@@ -12,8 +12,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from relspec_lmeval.cli import main
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_factor_fits, planned_dtype
+from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation
 from relspec_lmeval.lm.hflm import RelspecHFLM
+from relspec_lmeval.lm.overflow import check_factor_fits, planned_dtype
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, write_relspec_file
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path

@@ -47,6 +47,21 @@ __all__ = ["KS", "QUICK", "SEEDS", "Inputs", "ReproduceConfig", "Run", "build_pl
 
 @dataclass
 class ReproduceConfig:
+    """Everything ``relspec reproduce`` takes; the fields mirror its flags (docs/reproduce.md).
+
+    Args:
+        model: a hub id, local folder or shipped model name.
+        neuron_sets: the folder ``relspec identify`` wrote.
+        suite: ``lre`` (the 12 LRE relations) or ``synthetic`` (relspec-tiny's world).
+        out: the output folder (runs/, sets/, tables/, figures/, report.md).
+        seeds, site_seeds, ks, limit, det_limit, quick, …: as the flags of the same names.
+
+    Example:
+        >>> from relspec_lmeval import ReproduceConfig
+        >>> cfg = ReproduceConfig(model="relspec-tiny", neuron_sets="relspec-tiny", suite="synthetic", out="report", quick=True)
+        >>> cfg.suite, cfg.quick
+        ('synthetic', True)
+    """
     model: str
     neuron_sets: str
     suite: str

@@ -223,7 +223,21 @@ def collect(plan: list[Run], inp: Inputs, settings: dict[str, Any]) -> Study:
 
 
 def reproduce(cfg: ReproduceConfig) -> Path:
-    """The whole command; returns the path of report.md."""
+    """The whole command; returns the path of report.md.
+
+    Args:
+        cfg: the run (``ReproduceConfig``).
+
+    Returns:
+        ``<cfg.out>/report.md`` (tables/, figures/ and runs/ beside it).
+
+    Example (skipped in the doctests: many lm-eval runs, minutes even on relspec-tiny):
+        >>> from relspec_lmeval import ReproduceConfig, reproduce
+        >>> report = reproduce(ReproduceConfig(model="relspec-tiny", neuron_sets="relspec-tiny", suite="synthetic",
+        ...                                    out="report", quick=True, device="cpu"))  # doctest: +SKIP
+        >>> report.name  # doctest: +SKIP
+        'report.md'
+    """
     start = time.perf_counter()
     inp = prepare(cfg)
     make_sets(inp)

@@ -248,7 +248,24 @@ def random_controls(
 
 
 def random_sets(like: Sequence[str], seeds: int | Sequence[int] = 10, **options: Any) -> list[Path]:
-    """``random_controls`` (the same arguments and errors), as the list of control files."""
+    """``random_controls`` (the same arguments and errors), as the list of control files.
+
+    Args:
+        like: the sets to match (paths or shipped names): as many random neurons as each.
+        seeds: how many seeds (0 … n−1), or the seeds themselves.
+        **options: ``random_controls``' keywords (``layer_matched``, ``site_matched``, ``out``, …).
+
+    Returns:
+        Every control file of the call, once (``<out>/random/k<K>-seed<N>.safetensors``, …).
+
+    Example:
+        >>> from relspec_lmeval import NeuronSet, random_sets
+        >>> paths = random_sets(["relspec-tiny/person_father"], seeds=2, out="controls")
+        >>> [p.name for p in paths]
+        ['k38-seed0.safetensors', 'k38-seed1.safetensors']
+        >>> len(NeuronSet.load(paths[0]))
+        38
+    """
     return list(random_controls(like, seeds, **options))
 
 
@@ -278,9 +295,24 @@ def select_sets(
 ) -> list[Path]:
     """Re-cut k neurons from stored scores, without the model: ``<out>/<relation>.safetensors``.
 
-    Default ``out``: ``k<N>`` (``k<N>-both``, ``k<N>-skip<S>``) in the scores' sets folder
-    (the working directory for shipped scores). Raises ``NeuronSetError`` for an unreadable
-    scores file or a k the model cannot give, ``OutputError`` for a shipped ``out``.
+    Args:
+        scores_paths: scores files (``<sets>/scores/<relation>.safetensors``).
+        k: neurons per set.
+        select: ``top``, or ``both`` (top ⌈k/2⌉ + bottom ⌊k/2⌋).
+        skip: leave out the ``skip`` highest first.
+        out: the folder (default below); command: recorded in the files.
+
+    Returns:
+        The set files written.
+
+    (the existing Default/Raises paragraph stays)
+
+    Example:
+        >>> from relspec_lmeval import NeuronSet, select_sets
+        >>> from relspec_lmeval.util.resources import resource_dir
+        >>> [path] = select_sets([resource_dir("neuron_sets") / "relspec-tiny" / "scores" / "person_father.safetensors"], 10, out="k10")
+        >>> path.as_posix(), len(NeuronSet.load(path))
+        ('k10/person_father.safetensors', 10)
     """
     cuts, roots = [], set()
     for path in scores_paths:  # every input is checked before anything is written

@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from relspec_lmeval.errors import NeuronSetError
+from relspec_lmeval.lm.overflow import (
+    PROBE_TOKENS,
+    amplifies,
+    check_overflow,
+    largest_factor,
+    output_dtype,
+    probe_finite,
+)
 from relspec_lmeval.lm.positions import PositionMask, check_positions
 from relspec_lmeval.modelio.sites import find_mlps, model_shape, site_modules
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
 
 __all__ = [
-    "METHODS", "MODES", "Ablation", "AblationSpec", "ablated", "apply_ablation", "check_factor_fits", "check_mode_fits", "planned_dtype",
+    "METHODS", "MODES", "Ablation", "AblationSpec", "ablated", "apply_ablation", "check_mode_fits",
 ]
 
 MODES = ("zero", "scale", "mean", "dampen")
@@ -37,14 +45,16 @@ METHODS = ("auto", "weights", "hooks")
 class AblationSpec:
     """How to switch neurons off: ``mode`` zero|scale|mean|dampen, ``factor`` (scale), ``method`` auto|weights|hooks.
 
-    ``dampen`` multiplies each neuron's output by its own factor, stored in the set file
-    (``NeuronSet.factors``, written by ``relspec dampen``: AurA's 1 − α·(2·AUROC − 1)).
-    ``positions`` other than ``all`` (``lm.positions``) ablate only some token positions, by hooks.
+    (the existing paragraphs stay)
 
-    Raises ``NeuronSetError`` for an unknown mode or method, a missing, non-numeric (``true``
-    included) or non-finite factor, or a factor given without ``mode=scale``. Whether the
-    factor fits the model's dtype is checked later, where the dtype is known
-    (``check_factor_fits``, ``apply_ablation``).
+    Example:
+        >>> from relspec_lmeval import AblationSpec
+        >>> AblationSpec(mode="scale", factor=0.5).factor
+        0.5
+        >>> AblationSpec(mode="zero", factor=0.5)
+        Traceback (most recent call last):
+        ...
+        relspec_lmeval.errors.NeuronSetError: factor is only used with mode=scale, not mode=zero
     """
 
     mode: str = "zero"
@@ -82,79 +92,6 @@ def _parse_factor(value: object) -> float:
     if not math.isfinite(number):
         raise NeuronSetError(f"factor must be a finite number, got {value!r} (it would make the weights {number})")
     return number
-
-
-def planned_dtype(requested: object, config: object = None) -> torch.dtype | None:
-    """The floating dtype a model will be loaded in, before it loads: ``requested`` (a torch dtype or a
-    name ``modelio.dtype`` knows), else (``auto``, None) the config's ``dtype``, else float32,
-    transformers' default. None when it cannot be told (an unknown name: the loader reports it)."""
-    from relspec_lmeval.errors import UsageError
-    from relspec_lmeval.modelio.dtype import parse_dtype
-
-    if isinstance(requested, torch.dtype):
-        return requested if requested.is_floating_point else None
-    try:
-        parsed = parse_dtype(None if requested is None else str(requested))
-    except UsageError:
-        return None
-    if parsed != "auto":
-        return parsed
-    recorded = getattr(config, "dtype", None) if config is not None else None
-    if isinstance(recorded, str):
-        recorded = getattr(torch, recorded.removeprefix("torch."), None)
-    if isinstance(recorded, torch.dtype):
-        return recorded if recorded.is_floating_point else None
-    return torch.float32
-
-
-def _check_in_dtype(what: str, value: float, dtype: torch.dtype) -> None:
-    """``NeuronSetError`` when ``value`` (a factor) is beyond the largest finite number of ``dtype``."""
-    limit = torch.finfo(dtype).max
-    if abs(value) > limit:
-        name = str(dtype).removeprefix("torch.")
-        raise NeuronSetError(
-            f"{what}={value:g} is not a finite number in {name} (its largest is {limit:.4g}): the scaled weights or "
-            f"outputs would be inf and every answer empty; use a factor within ±{limit:.4g}"
-        )
-
-
-def check_factor_fits(spec: AblationSpec, neuron_sets: Sequence[NeuronSet], dtype: torch.dtype | None) -> None:
-    """Before the weights load: ``mode=scale``'s factor, or the sets' ``mode=dampen`` factors, are finite
-    numbers in ``dtype`` (``planned_dtype``). ``apply_ablation`` also checks each edited site's weights."""
-    if dtype is None or not dtype.is_floating_point:
-        return
-    if spec.mode == "scale":
-        _check_in_dtype("factor", spec.factor, dtype)
-    if spec.mode == "dampen":
-        for s in neuron_sets:
-            for (layer, site), values in s.factors.items():
-                if values.numel():
-                    _check_in_dtype(f"{s.path or 'neuron set'}: layer {layer} {site} dampen factor", float(values.abs().max()), dtype)
-
-
-def _check_overflow(module: nn.Module, rows: torch.Tensor, layer: int, site: str, spec: AblationSpec, factors: torch.Tensor | None,
-                    dtype: torch.dtype) -> None:
-    """``NeuronSetError`` (before any edit) when scaling ``rows`` by the factor(s) could leave ``dtype``:
-    the factor itself, or |factor| × the row's absolute sum (its output for inputs of size at most 1)."""
-    scale = torch.tensor([float(spec.factor)], dtype=torch.float64) if spec.mode == "scale" else factors.to(torch.float64)
-    label = f"layer {layer} {site}"
-    _check_in_dtype(f"{label} factor" if spec.mode == "scale" else f"{label} dampen factor", float(scale.abs().max()), dtype)
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point or weight.device.type == "meta":
-        return  # quantized or offloaded: its rows cannot be read here; the factor check above still holds
-    with torch.no_grad():
-        sums = weight.index_select(0, rows.to(weight.device)).to(torch.float64).abs().sum(dim=1)
-        bias = getattr(module, "bias", None)
-        if isinstance(bias, torch.Tensor) and bias.device.type != "meta":
-            sums = sums + bias.index_select(0, rows.to(bias.device)).to(torch.float64).abs()
-        peak = float((sums.cpu() * scale.abs()).max())
-    limit = torch.finfo(dtype).max
-    if not peak <= limit:
-        raise NeuronSetError(
-            f"{label}: mode={spec.mode} would overflow {str(dtype).removeprefix('torch.')}: a scaled channel's output reaches "
-            f"{peak:.4g} for inputs of size 1 (|factor| × its weight row's absolute sum; the largest is {limit:.4g}); "
-            "use a smaller factor"
-        )
 
 
 def _weight_editable(module: nn.Module) -> bool:
@@ -268,15 +205,30 @@ def apply_ablation(
 ) -> Ablation:
     """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle.
 
-    With ``spec.positions`` other than ``all``, ``positions`` (the caller's ``PositionMask``,
-    told what each forward pass holds) decides where; it is required then.
+    Args:
+        model: a transformers causal LM with gate/up/down projections (Llama, Qwen2, Gemma, …).
+        neuron_set: the neurons (its shape must be the model's).
+        spec: how (default ``AblationSpec()``: zero, weight edits where exact).
+        positions: with ``spec.positions`` other than ``all``, the caller's ``PositionMask``.
 
-    Raises ``UnsupportedModelError`` for MLPs without separate gate/up/down projections (or an
-    attention without q/k/v/o projections when the set names them) and
-    ``NeuronSetError`` when the set does not fit the model or the mode cannot be applied, or
-    when a ``scale``/``dampen`` factor would overflow the model's dtype (checked on every site
-    before the first edit, and by a probe pass where a factor amplifies: docs/ablation.md);
-    on any error the model is left as it was.
+    Returns:
+        An ``Ablation``: ``methods`` (how each site was edited), ``remove()`` undoes it.
+
+    (the existing Raises paragraph stays)
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from relspec_lmeval import NeuronSet, apply_ablation
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        ...                                      num_attention_heads=2, num_key_value_heads=2)).eval()
+        >>> before = model.model.layers[0].mlp.up_proj.weight.clone()
+        >>> handle = apply_ablation(model, NeuronSet.from_keys([(0, "up_proj", 5)]))
+        >>> handle.methods, bool(model.model.layers[0].mlp.up_proj.weight[5].eq(0).all())
+        (['weights'], True)
+        >>> handle.remove()
+        >>> torch.equal(model.model.layers[0].mlp.up_proj.weight, before)
+        True
     """
     spec = spec or AblationSpec()
     find_mlps(model)
@@ -290,8 +242,8 @@ def apply_ablation(
     weighted = [_uses_weights(module, spec, masked is not None, layer, site) for layer, site, _, module in plan]
     if spec.mode in ("scale", "dampen"):  # every site, before the first edit: the model stays untouched
         for layer, site, index, module in plan:
-            _check_overflow(module, index, layer, site, spec, neuron_set.factors.get((layer, site)), _output_dtype(model, module))
-    probed = _amplifies(spec, neuron_set) and _probe_finite(model, None)  # the model's own outputs are finite
+            check_overflow(module, index, layer, site, spec, neuron_set.factors.get((layer, site)), output_dtype(model, module))
+    probed = amplifies(spec, neuron_set) and probe_finite(model, None)  # the model's own outputs are finite
     ablation = Ablation()
     try:
         if masked is not None and plan:  # before the first hooked site (sets are in forward order)
@@ -304,11 +256,11 @@ def apply_ablation(
             else:
                 values = {"mean": neuron_set.means, "dampen": neuron_set.factors}.get(spec.mode, {}).get((layer, site))
                 ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, values, masked)))
-        if probed and _probe_finite(model, masked) is False:
-            factor = f" factor={spec.factor:g}" if spec.mode == "scale" else f" with factors up to {_largest_factor(neuron_set):g}"
+        if probed and probe_finite(model, masked) is False:
+            factor = f" factor={spec.factor:g}" if spec.mode == "scale" else f" with factors up to {largest_factor(neuron_set):g}"
             raise NeuronSetError(
                 f"mode={spec.mode}{factor} makes the model's outputs inf or NaN (non-finite logits on a probe of "
-                f"{_PROBE_TOKENS} tokens, finite without the set), so every answer would be empty; use a smaller factor"
+                f"{PROBE_TOKENS} tokens, finite without the set), so every answer would be empty; use a smaller factor"
             )
     except BaseException:
         ablation.remove()
@@ -329,47 +281,32 @@ def _uses_weights(module: nn.Module, spec: AblationSpec, masked: bool, layer: in
     return spec.method == "auto" and spec.mode != "mean" and not masked and _weight_editable(module)
 
 
-_PROBE_TOKENS = 8
-
-
-def _largest_factor(neuron_set: NeuronSet) -> float:
-    return max((float(f.abs().max()) for f in neuron_set.factors.values() if f.numel()), default=0.0)
-
-
-def _amplifies(spec: AblationSpec, neuron_set: NeuronSet) -> bool:
-    """Whether some output is multiplied by more than 1 (only then can the edit make a finite model overflow)."""
-    if spec.mode == "scale":
-        return abs(spec.factor) > 1
-    return spec.mode == "dampen" and _largest_factor(neuron_set) > 1
-
-
-def _probe_finite(model: nn.Module, masked: PositionMask | None) -> bool | None:
-    """Whether one pass over a few token ids gives finite logits; None where the model cannot be
-    probed that way (no input embeddings, other inputs needed). Static checks cannot see an
-    overflow that builds up downstream (a residual stream of 1e30 squared by a norm is inf)."""
-    try:
-        embeddings = model.get_input_embeddings()
-        device = embeddings.weight.device if embeddings.weight.device.type != "meta" else torch.device("cpu")
-        ids = (torch.arange(1, _PROBE_TOKENS + 1) % embeddings.num_embeddings).unsqueeze(0).to(device)
-        with torch.no_grad(), (masked.probe() if masked is not None else nullcontext()):
-            logits = model(input_ids=ids, use_cache=False).logits
-    except Exception:  # not a transformers causal LM as we know it: the static checks are what we have
-        return None
-    return bool(torch.isfinite(logits).all()) if isinstance(logits, torch.Tensor) else None
-
-
-def _output_dtype(model: nn.Module, module: nn.Module) -> torch.dtype:
-    """The dtype of ``module``'s output: its weight's, or (a quantized weight) the model's compute dtype."""
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point:
-        return weight.dtype
-    dtype = getattr(model, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
-
-
 @contextmanager
 def ablated(model: nn.Module, neuron_sets: NeuronSet | Sequence[NeuronSet], spec: AblationSpec | None = None) -> Iterator[Ablation]:
-    """``with ablated(model, set): ...`` — the model is restored on exit, also after an error."""
+    """``with ablated(model, set): ...`` — the model is restored on exit, also after an error.
+
+    Args:
+        model, spec: as for ``apply_ablation``.
+        neuron_sets: one set or several (their union is switched off).
+
+    Yields:
+        The ``Ablation`` in force.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from relspec_lmeval import NeuronSet, ablated
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        ...                                      num_attention_heads=2, num_key_value_heads=2)).eval()
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> with torch.no_grad():
+        ...     plain = model(ids).logits
+        ...     with ablated(model, NeuronSet.from_keys([(0, "down_proj", i) for i in range(8)])):
+        ...         changed = not torch.equal(model(ids).logits, plain)
+        ...     restored = torch.equal(model(ids).logits, plain)
+        >>> changed, restored
+        (True, True)
+    """
     sets = [neuron_sets] if isinstance(neuron_sets, NeuronSet) else list(neuron_sets)
     merged = union_all(sets)
     ablation = apply_ablation(model, merged, spec)

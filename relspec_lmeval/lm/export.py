@@ -17,7 +17,8 @@ from typing import Any
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import NeuronSetError, OutputError
-from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_factor_fits, check_mode_fits, planned_dtype
+from relspec_lmeval.lm.ablation import AblationSpec, apply_ablation, check_mode_fits
+from relspec_lmeval.lm.overflow import check_factor_fits, planned_dtype
 from relspec_lmeval.modelio.dtype import parse_dtype
 from relspec_lmeval.modelio.load import load_config, meta_skeleton, resolve_pretrained
 from relspec_lmeval.modelio.sites import site_modules

@@ -83,7 +83,8 @@ def check_model_args(
     factor, method, positions or flag, a missing or malformed set; ``ModelError`` or
     ``NeuronSetError`` when a set does not fit the config of a ``pretrained`` given by name, or a
     factor is not finite in the ``dtype`` the model will load in."""
-    from relspec_lmeval.lm.ablation import AblationSpec, check_factor_fits, planned_dtype
+    from relspec_lmeval.lm.ablation import AblationSpec
+    from relspec_lmeval.lm.overflow import check_factor_fits, planned_dtype
     from relspec_lmeval.sets.resolve import load_sets
 
     spec = AblationSpec(mode=mode, factor=factor, method=ablate_with, positions=positions)

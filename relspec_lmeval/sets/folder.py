@@ -67,6 +67,19 @@ def dampen_name(alpha: float = 1.0, threshold: float = 0.5, *, every_neuron: boo
 
 @dataclass(frozen=True)
 class SetsFolder:
+    """The layout of a sets folder (``relspec identify --out``): the one place that names its files.
+
+    Args:
+        root: the folder (it need not exist yet).
+
+    Example:
+        >>> from relspec_lmeval import SetsFolder
+        >>> folder = SetsFolder("neuron_sets/demo")
+        >>> folder.set_path("person_father").as_posix(), folder.scores_path("person_father").as_posix()
+        ('neuron_sets/demo/person_father.safetensors', 'neuron_sets/demo/scores/person_father.safetensors')
+        >>> folder.summary_path.name, folder.cut(500, "both").root.name
+        ('summary.json', 'k500-both')
+    """
     root: Path
 
     def __init__(self, root: str | os.PathLike) -> None:

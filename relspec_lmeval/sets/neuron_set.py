@@ -48,7 +48,26 @@ def _as_index_tensor(values: Any) -> torch.Tensor:
 
 @dataclass
 class NeuronSet:
-    """Indices per (layer, site), optional aligned scores/means, and a metadata bag."""
+    """Indices per (layer, site), optional aligned scores/means, and a metadata bag.
+
+    Args:
+        neurons: ``{(layer, site): int64 indices}``, the channels of each site's output.
+        metadata: the ``relspec`` provenance (model, method, parameters, …).
+        scores, means, factors: per (layer, site), aligned with ``neurons`` (optional).
+        path: the file it was loaded from, if any.
+
+    Example:
+        >>> from relspec_lmeval import NeuronSet
+        >>> a = NeuronSet.from_keys([(0, "up_proj", 3), (1, "down_proj", 7)], metadata={"relation": "demo"})
+        >>> len(a), a.count_per_site()
+        (2, {'gate_proj': 0, 'up_proj': 1, 'down_proj': 1})
+        >>> b = NeuronSet.from_keys([(1, "down_proj", 7)])
+        >>> a.overlap(b), len(a.union(b))
+        (1, 2)
+        >>> path = a.save("demo.safetensors")
+        >>> NeuronSet.load(path).keys() == a.keys()
+        True
+    """
 
     neurons: dict[Site, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -58,8 +58,20 @@ def load_sets(spec: Any) -> list[NeuronSet]:
     """``a.safetensors+b.safetensors`` (paths or shipped names) → the loaded sets; an existing
     file whose own path holds a ``+`` is read as that one file (such a path cannot be part of a union).
 
+    Args:
+        spec: what ``relspec-hf``'s ``neuron_set=`` takes.
+
+    Returns:
+        The ``NeuronSet``s, in the order given.
+
     Raises ``NeuronSetError`` for an empty or non-text value (``neuron_set=``, ``none``,
     ``0``, ``False``): leaving the argument out is how to run the unmodified model.
+
+    Example:
+        >>> from relspec_lmeval import load_sets
+        >>> father, mother = load_sets("relspec-tiny/person_father+relspec-tiny/person_mother")
+        >>> father.metadata["relation"], mother.metadata["relation"]
+        ('person_father', 'person_mother')
     """
     if not isinstance(spec, str) or not spec.strip() or (spec.strip().lower() in _NO_SET_WORDS and not Path(spec).exists()):
         raise NeuronSetError(

@@ -93,7 +93,23 @@ def neuron_set_from_scores(
 
 @dataclass
 class Scores:
-    """AP and mean of every neuron of one model for one relation."""
+    """Every neuron's score (the method's: AP by default, read ``metadata["method"]``) and mean, for one model and one relation.
+
+    Args:
+        layout: the model's ``ModelShape`` (the flat order of ``ap`` and ``means``).
+        ap: float32 [layout.total], higher = more specific to the relation.
+        means: float32 [layout.total], each neuron's mean over the pool's prompts.
+        metadata: the ``relspec`` provenance.
+
+    Example:
+        >>> import torch
+        >>> from relspec_lmeval import ModelShape, Scores
+        >>> shape = ModelShape(num_layers=1, hidden_size=2, intermediate_size=3)  # 8 neurons
+        >>> scores = Scores(shape, torch.arange(8.0), torch.zeros(8))
+        >>> top = scores.to_neuron_set(2)  # the two highest: the last two down_proj channels
+        >>> sorted(top.keys())
+        [(0, 'down_proj', 0), (0, 'down_proj', 1)]
+    """
 
     layout: ModelShape
     ap: torch.Tensor  # float32 [total], flat order
@@ -133,6 +149,25 @@ def save_scores(scores: Scores, path: str | os.PathLike, staged: StagedFiles | N
 
 
 def load_scores(path: str | os.PathLike) -> Scores:
+    """A scores file (``<sets>/scores/<relation>.safetensors``) as ``Scores``.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``Scores`` with its ``path`` set.
+
+    Raises ``NeuronSetError`` for a missing file or one that is not a relspec scores file.
+
+    Example:
+        >>> from relspec_lmeval import load_scores
+        >>> from relspec_lmeval.util.resources import resource_dir
+        >>> scores = load_scores(resource_dir("neuron_sets") / "relspec-tiny" / "scores" / "person_father.safetensors")
+        >>> scores.relation, scores.ap.shape == scores.means.shape
+        ('person_father', True)
+        >>> len(scores.to_neuron_set(10))
+        10
+    """
     path = Path(path)
     tensors, metadata = read_relspec_file(path, SCORES_FORMAT, SCORES_FORMAT_VERSION, "scores")
     layout = ModelShape.from_metadata(metadata.get("model"), str(path))

@@ -65,9 +65,25 @@ def _positive(value: Any) -> bool:
 class ModelShape:
     """Layers and widths of a model's sites, and which ``sites`` the flat order runs over.
 
+    Args:
+        num_layers, hidden_size, intermediate_size: the model's (``ModelShape.from_config(config)``
+            reads them from a transformers config).
+        model_type: informative.
+        num_attention_heads, num_key_value_heads, head_dim: the attention's widths (needed for
+            attention sites).
+        sites: the sites of the flat order, in forward order (default: the FFN's three).
+
     ``model_type`` is informative. Two shapes are equal when they give the same flat order:
     the same sites over the same widths (the attention widths count only when an attention
     site is among the sites, so a file without them equals the model it was made for).
+
+    Example:
+        >>> from relspec_lmeval import ModelShape
+        >>> shape = ModelShape(num_layers=2, hidden_size=4, intermediate_size=8)
+        >>> shape.total  # 2 layers x (8 gate_proj + 8 up_proj + 4 down_proj)
+        40
+        >>> shape.offset(1, "up_proj"), shape.width("down_proj")
+        (28, 4)
     """
 
     num_layers: int
