@@ -226,6 +226,12 @@ def row_effects(row: dict, original: dict[str, Values], relations: list[str], *,
     base, sets, uniform, site = _arrays(original), _arrays(row["own_sets"]), _arrays(row["random_uniform"]), _arrays(row["random_site"])
     out: dict = {name: {} for name in COLUMNS} | {"per_relation": {r: {name: {} for name in COLUMNS} for r in relations}}
     for m in METRICS:
+        if not all(len(base[x][m]) for x in relations):  # not measured (e.g. --choice-docs 0): no effect to state
+            for column in COLUMNS:
+                out[column][m] = _none()
+                for r in relations:
+                    out["per_relation"][r][column][m] = _none()
+            continue
         for x in relations:  # every array evaluated on x, resampled at once
             boot.prime(x, [base[x][m], *(sets[r][x][m] for r in relations), *(res[x][m] for res in uniform), *(v[m] for v in site[x])])
 
