@@ -7,6 +7,7 @@ person_mother keeps objects the model can never generate (accuracy 0: its drops 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import shutil
@@ -386,3 +387,26 @@ def test_errors_exit_2_and_write_nothing(study, change, message, tmp_path, capsy
             err = capsys.readouterr().err.strip()
             assert err.startswith("relspec: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["dangling link", "another writer"])
+def test_an_out_that_cannot_be_written_or_is_busy_is_refused_before_any_run(study, case, tmp_path, capsys):
+    """As identify --out: a link to nothing is not followed, and a second reproduce into the same
+    --out refuses at once instead of mixing two plans' runs and reports."""
+    from relspec_lmeval.sets.folder import LOCK_FILE
+    from relspec_lmeval.util.locks import folder_lock
+
+    out = tmp_path / "out"
+    args = list(study["args"])
+    args[args.index("--out") + 1] = str(out)
+    held = folder_lock(out, LOCK_FILE) if case == "another writer" else None
+    if held is None:
+        out.symlink_to(tmp_path / "gone")
+    with pytest.MonkeyPatch.context() as mp, held or contextlib.nullcontext():
+        _data_env(mp, study["data"], study["root"] / "cache")
+        assert cli_main(_cli(args)) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "is a symbolic link to" if held is None else "another relspec command (pid"
+    assert err.startswith("relspec: error:") and expected in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "gone").exists()
+    assert not (out / "sets").exists() if held is not None else True

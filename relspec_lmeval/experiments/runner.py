@@ -22,8 +22,10 @@ from relspec_lmeval.experiments.plan import Inputs, ReproduceConfig, Run, build_
 from relspec_lmeval.experiments.report import write_report
 from relspec_lmeval.experiments.study import Condition, Measurement, SetStats, Study
 from relspec_lmeval.modelio.load import default_device, say_device
+from relspec_lmeval.sets.folder import LOCK_FILE
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.util.files import atomic_write_text
+from relspec_lmeval.util.locks import folder_lock
 from relspec_lmeval.util.progress import progress
 
 __all__ = ["collect", "evaluate_run", "lm_eval_command", "lm_kwargs", "load_lm", "reproduce", "run_plan", "sample_metrics", "task_metadata"]
@@ -239,11 +241,14 @@ def reproduce(cfg: ReproduceConfig) -> Path:
         'report.md'
     """
     start = time.perf_counter()
-    inp = prepare(cfg)
-    make_sets(inp)
-    plan = build_plan(inp)
-    atomic_write_text(inp.out / "plan.json", json.dumps([r.to_json() for r in plan], indent=1) + "\n")
-    new = run_plan(plan, inp)
-    settings = {"neuron_sets": inp.cfg.neuron_sets, "limit": inp.limit, "det_limit": inp.det_limit, "quick": cfg.quick,
-                "command": cfg.command, "new_runs": new, "elapsed": time.perf_counter() - start}
-    return write_report(collect(plan, inp, settings), inp.out)
+    inp = prepare(cfg)  # writes nothing (and refuses an --out among the shipped files)
+    # one writer per --out, and an --out that cannot be written (a link to nothing, a read-only
+    # file system) said now, before sets are made and runs start, not after hours of runs
+    with folder_lock(inp.out, LOCK_FILE):
+        make_sets(inp)
+        plan = build_plan(inp)
+        atomic_write_text(inp.out / "plan.json", json.dumps([r.to_json() for r in plan], indent=1) + "\n")
+        new = run_plan(plan, inp)
+        settings = {"neuron_sets": inp.cfg.neuron_sets, "limit": inp.limit, "det_limit": inp.det_limit, "quick": cfg.quick,
+                    "command": cfg.command, "new_runs": new, "elapsed": time.perf_counter() - start}
+        return write_report(collect(plan, inp, settings), inp.out)
