@@ -143,7 +143,7 @@ def _why_here(out: str | None, inputs: list[str]) -> str:
     from relspec_lmeval.sets.resolve import resolve_set_path
 
     if out is None and any(is_read_only(resolve_set_path(name)) for name in inputs):  # paths and short names alike
-        return " (in the working directory: shipped files are read-only; use --out to choose)"
+        return " (in the working directory: shipped and downloaded (hf://) files are read-only; use --out to choose)"
     return ""
 
 

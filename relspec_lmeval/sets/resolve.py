@@ -1,7 +1,8 @@
 """From what a user types (``neuron_set=``, ``--neuron-set``, ``--like``) to loaded sets.
 
-A value is a path, or a short name of a shipped set (``relspec-tiny/person_father``), or
-several of them joined with ``+`` (their union). Empty values are errors, never "no set".
+A value is a path, a short name of a shipped set (``relspec-tiny/person_father``), a file on
+the Hugging Face Hub (``hf://OWNER/REPO/PATH``, ``sets.hub``: downloaded into its cache, then
+read as a path), or several of them joined with ``+`` (their union). Empty values are errors, never "no set".
 A shipped random control's name from before the controls were shared
 (``relspec-tiny/k384/random/<relation>-seed<N>``) still names its ``k<K>-seed<N>`` file.
 """
@@ -14,6 +15,7 @@ from typing import Any
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import SUFFIX
 from relspec_lmeval.sets.folder import SetsFolder
+from relspec_lmeval.sets.hub import fetch, is_hub_name, parse_hub_name
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.resources import list_shipped_neuron_sets, shipped_neuron_set
@@ -26,7 +28,10 @@ _NO_SET_WORDS = ("none", "null", "false", "0", "no", "off")
 
 
 def resolve_set_path(name: str) -> Path:
-    """A path, or a short name of a shipped set; ``NeuronSetError`` listing what ships otherwise."""
+    """A path, a short name of a shipped set, or an ``hf://`` name (the file in the Hugging Face
+    cache, downloaded first if need be); ``NeuronSetError`` listing what ships otherwise."""
+    if is_hub_name(name):  # never a path: "hf://a/b" would read as the relative path hf:/a/b
+        return fetch(parse_hub_name(name))
     path = Path(name).expanduser()
     if path.is_file():
         return path

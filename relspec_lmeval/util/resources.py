@@ -12,6 +12,7 @@ all: ``..`` or an absolute part never leads out of it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 from relspec_lmeval.errors import DataError, OutputError
@@ -19,6 +20,7 @@ from relspec_lmeval.util.env import env_flag
 
 __all__ = [
     "KINDS",
+    "in_hub_cache",
     "list_shipped_neuron_sets",
     "is_read_only",
     "refuse_shipped",
@@ -31,6 +33,7 @@ __all__ = [
 _PACKAGE = Path(__file__).resolve().parents[1]
 KINDS = ("tasks", "neuron_sets", "models")
 WRITE_SHIPPED_ENV = "RELSPEC_WRITE_SHIPPED"
+_HUB_REPO = re.compile(r"(models|datasets|spaces)--.+--.+")  # a repository's folder in a Hugging Face cache
 
 
 def resource_dir(name: str) -> Path:
@@ -116,9 +119,25 @@ def refuse_shipped(path: str | os.PathLike, what: str = "output") -> None:
 
 
 def is_read_only(path: str | os.PathLike) -> bool:
-    """True when ``refuse_shipped`` would refuse ``path`` (a default output then goes elsewhere)."""
+    """True when ``refuse_shipped`` would refuse ``path``, or it lies in a Hugging Face cache (a
+    set given as ``hf://…``): a default output beside it then goes to the working directory."""
     try:
         refuse_shipped(path)
     except OutputError:
         return True
-    return False
+    return in_hub_cache(path)
+
+
+def in_hub_cache(path: str | os.PathLike) -> bool:
+    """True inside a repository of a Hugging Face cache (``<cache>/datasets--O--R/snapshots/…`` or
+    ``blobs/``): huggingface_hub's to manage, never a place for our outputs. Told by the layout,
+    not the cache's location, which the environment may have changed since the file was fetched.
+
+    Example:
+        >>> from relspec_lmeval.util.resources import in_hub_cache
+        >>> in_hub_cache("/c/hub/datasets--me--sets/snapshots/0123abcd/a.safetensors"), in_hub_cache("sets/a.safetensors")
+        (True, False)
+    """
+    parts = Path(path).expanduser().absolute().parts  # not resolved: a snapshot's files link into blobs/
+    return any(part in ("snapshots", "blobs") and _HUB_REPO.fullmatch(parts[i - 1]) is not None
+               for i, part in enumerate(parts) if i > 0)
