@@ -36,6 +36,8 @@ QUICK_ENDS = {
     "identify --model m --out o --k 0": 2,  # IdentifyConfig.check, before the pipeline imports torch
     "compare only-one": 2,
     "export --model m": 2,
+    "card --help": 0,
+    "card no-such-folder": 2,  # refused before the set files (and torch) are read
 }
 
 _PROBE = """

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line. Each subcommand module imports only argparse-level things at
     its top (its work, and torch, transformers and lm-eval, load when the command runs), so
     ``relspec --help`` and flag errors come at once (benchmarks/startup.py)."""
-    from relspec_lmeval.cli import compare, convert, identify, lmeval, reproduce, sets
+    from relspec_lmeval.cli import card, compare, convert, identify, lmeval, reproduce, sets
 
     parser = argparse.ArgumentParser(prog="relspec", description="Inspect, make, apply and evaluate relation-specific neuron sets.")
     parser.add_argument("--version", action="version", version=f"relspec-lmeval {__version__}")
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sets.add_parsers(sub)
     identify.add_parser(sub)
     convert.add_parser(sub)
+    card.add_parser(sub)
     compare.add_parser(sub)
     reproduce.add_parser(sub)
     lmeval.add_parser(sub)
