@@ -27,7 +27,7 @@ _EXPORTS = {
     "identify_sets": "relspec_lmeval.identify.pipeline",  # not "identify": that is the identify/ package
     "random_sets": "relspec_lmeval.identify.controls",
     "select_sets": "relspec_lmeval.identify.controls",
-    "ReproduceConfig": "relspec_lmeval.experiments.plan",
+    "ReproduceConfig": "relspec_lmeval.experiments.config",
     "reproduce": "relspec_lmeval.experiments.runner",
     "RelspecError": "relspec_lmeval.errors",
     "NeuronSetError": "relspec_lmeval.errors",

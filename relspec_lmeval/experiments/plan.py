@@ -31,6 +31,7 @@ from relspec_lmeval.data import relations as rel
 from relspec_lmeval.data.choice import custom_choice_dataset
 from relspec_lmeval.data.tasks import SUITES, Suite, find_group, task_name
 from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
+from relspec_lmeval.experiments.config import ReproduceConfig  # re-exported: the plan's input
 from relspec_lmeval.experiments.derived import RANDOM_KINDS, derived_sets, load_checked, make_derived
 from relspec_lmeval.experiments.study import KS, QUICK, SEEDS, Condition
 from relspec_lmeval.identify.pool import parse_relations
@@ -43,44 +44,6 @@ from relspec_lmeval.util.hashing import file_sha256
 from relspec_lmeval.util.resources import refuse_shipped, resource_dir
 
 __all__ = ["KS", "QUICK", "SEEDS", "Inputs", "ReproduceConfig", "Run", "build_plan", "make_sets", "prepare"]
-
-
-@dataclass
-class ReproduceConfig:
-    """Everything ``relspec reproduce`` takes; the fields mirror its flags (docs/reproduce.md).
-
-    Args:
-        model: a hub id, local folder or shipped model name.
-        neuron_sets: the folder ``relspec identify`` wrote.
-        suite: ``lre`` (the 12 LRE relations) or ``synthetic`` (relspec-tiny's world).
-        out: the output folder (runs/, sets/, tables/, figures/, report.md).
-        seeds, site_seeds, ks, limit, det_limit, quick, …: as the flags of the same names.
-
-    Example:
-        >>> from relspec_lmeval import ReproduceConfig
-        >>> cfg = ReproduceConfig(model="relspec-tiny", neuron_sets="relspec-tiny", suite="synthetic", out="report", quick=True)
-        >>> cfg.suite, cfg.quick
-        ('synthetic', True)
-    """
-    model: str
-    neuron_sets: str
-    suite: str
-    out: str
-    relations: str | Sequence[str] | None = "all"
-    seeds: int | None = None  # None: SEEDS (quick: 3)
-    site_seeds: int | None = None  # site-matched random controls per relation; None: as many as seeds; 0: none
-    ks: Sequence[int] | None = None  # None: KS (quick: 50, 500, 3000); capped by the model's neuron count
-    limit: int | None = None  # docs per task (None: all; quick: 20)
-    det_limit: int | None = None  # docs per P^det task (None: all; quick: 100)
-    quick: bool = False
-    batch_size: int | str = 16
-    device: str | None = None
-    dtype: str = "auto"
-    lre_dir: str | None = None
-    gguf_file: str | None = None  # with model a folder: the GGUF file in it
-    command: str | None = None
-    progress: bool = True
-    verbose: bool = False  # let lm-eval's own logs and progress bars through
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from relspec_lmeval.experiments.plan import Inputs, ReproduceConfig, Run, build_plan, make_sets, prepare
+from relspec_lmeval.experiments.config import ReproduceConfig
+from relspec_lmeval.experiments.plan import Inputs, Run, build_plan, make_sets, prepare
 from relspec_lmeval.experiments.report import write_report
 from relspec_lmeval.experiments.study import Condition, Measurement, SetStats, Study
 from relspec_lmeval.modelio.load import default_device, say_device
