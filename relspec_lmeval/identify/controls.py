@@ -26,7 +26,7 @@ from relspec_lmeval.sets.folder import SetsFolder, locked
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.resolve import resolve_set_path
 from relspec_lmeval.sets.scores import Scores, load_scores
-from relspec_lmeval.sets.shape import DEFAULT_SITES, SITES, ModelShape, Site, model_metadata, parse_sites
+from relspec_lmeval.sets.shape import DEFAULT_SITES, SITES, ModelShape, SiteKey, model_metadata, parse_sites
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 from relspec_lmeval.util.resources import is_read_only, refuse_shipped
@@ -78,7 +78,7 @@ class _Like:
     def entry(self) -> dict[str, str]:
         return {"path": str(self.name), "sha256": self.base.sha256(), "relation": self.relation}
 
-    def gathered(self, grouped: dict[Site, Any], field: str) -> dict[Site, Any]:
+    def gathered(self, grouped: dict[SiteKey, Any], field: str) -> dict[SiteKey, Any]:
         """The scores file's ``field`` (``ap`` or ``means``) at the drawn neurons; {} without a scores file."""
         if self.scores is None:
             return {}
@@ -98,7 +98,7 @@ def _load_like(name: str, model: str | None, revision: str | None, out: str | os
     return _Like(name, base, shape, block, relation, scores, default_folder(source.root, out)[0])
 
 
-def _same_values(a: dict[Site, Any], b: dict[Site, Any]) -> bool:
+def _same_values(a: dict[SiteKey, Any], b: dict[SiteKey, Any]) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
@@ -113,7 +113,7 @@ class _Control:
     shape: ModelShape | None = None  # shared controls: what the draw depends on, with k and the seed
     k: int = 0
     seed: int = 0
-    means_by_scores: list[tuple[Path, dict[Site, Any]]] = field(default_factory=list)
+    means_by_scores: list[tuple[Path, dict[SiteKey, Any]]] = field(default_factory=list)
 
 
 def _matched(like: _Like, seed: int, command: str | None, match: str) -> _Control:

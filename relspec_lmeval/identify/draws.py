@@ -15,18 +15,18 @@ import torch
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.neuron_set import NeuronSet
-from relspec_lmeval.sets.shape import ModelShape, Site
+from relspec_lmeval.sets.shape import ModelShape, SiteKey
 
 __all__ = ["holds_plain_draw", "layer_matched_draw", "plain_draw", "site_matched_draw"]
 
 
-def plain_draw(shape: ModelShape, k: int, seed: int) -> dict[Site, torch.Tensor]:
+def plain_draw(shape: ModelShape, k: int, seed: int) -> dict[SiteKey, torch.Tensor]:
     """``k`` neurons uniform over all of ``shape``'s, per (layer, site)."""
     generator = torch.Generator().manual_seed(int(seed))
     return shape.group(torch.sort(torch.randperm(shape.total, generator=generator)[: int(k)]).values)
 
 
-def layer_matched_draw(base: NeuronSet, shape: ModelShape, seed: int) -> dict[Site, torch.Tensor]:
+def layer_matched_draw(base: NeuronSet, shape: ModelShape, seed: int) -> dict[SiteKey, torch.Tensor]:
     """As many neurons per (layer, site) as ``base`` has there, uniform within each site."""
     generator = torch.Generator().manual_seed(int(seed))
     picked = []
@@ -36,7 +36,7 @@ def layer_matched_draw(base: NeuronSet, shape: ModelShape, seed: int) -> dict[Si
     return shape.group(torch.sort(torch.cat(picked)).values)
 
 
-def site_matched_draw(base: NeuronSet, shape: ModelShape, seed: int) -> dict[Site, torch.Tensor]:
+def site_matched_draw(base: NeuronSet, shape: ModelShape, seed: int) -> dict[SiteKey, torch.Tensor]:
     """As many neurons per site as ``base`` has at that site (all layers together), uniform over
     that site's neurons in every layer; the sites in forward order, so a seed gives one draw."""
     generator = torch.Generator().manual_seed(int(seed))

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError
-from relspec_lmeval.sets.shape import ATTENTION_SITES, FFN_SITES, ModelShape, Site
+from relspec_lmeval.sets.shape import ATTENTION_SITES, FFN_SITES, ModelShape, SiteKey
 
 __all__ = ["base_model", "find_layers", "find_mlps", "model_shape", "model_type", "site_modules"]
 
@@ -75,14 +75,14 @@ def _attention(model: nn.Module, layer: nn.Module, index: int, site: str) -> nn.
     )
 
 
-def site_modules(model: nn.Module, keys: Iterable[Site]) -> dict[Site, nn.Module]:
+def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.Module]:
     """The module of each (layer, site), checked: ``UnsupportedModelError`` for MLPs ``find_mlps``
     refuses (whatever the keys) or a missing site, ``ModelError`` for a layer out of range or a
     Linear whose output width is not the config's."""
     layers = find_layers(model)
     mlps = find_mlps(model)
     shape = model_shape(model)
-    out: dict[Site, nn.Module] = {}
+    out: dict[SiteKey, nn.Module] = {}
     for layer, site in keys:
         if not 0 <= layer < len(layers):
             raise ModelError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")

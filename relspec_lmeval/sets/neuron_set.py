@@ -29,7 +29,7 @@ import torch
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
-from relspec_lmeval.sets.shape import ATTENTION_KEYS, FFN_SITES, SHAPE_KEYS, SITES, ModelShape, Site
+from relspec_lmeval.sets.shape import ATTENTION_KEYS, FFN_SITES, SHAPE_KEYS, SITES, ModelShape, SiteKey
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
@@ -69,17 +69,17 @@ class NeuronSet:
         True
     """
 
-    neurons: dict[Site, torch.Tensor]
+    neurons: dict[SiteKey, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
-    scores: dict[Site, torch.Tensor] = field(default_factory=dict)
-    means: dict[Site, torch.Tensor] = field(default_factory=dict)
+    scores: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    means: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     path: Path | None = None
-    factors: dict[Site, torch.Tensor] = field(default_factory=dict)
+    factors: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     # (path, size, mtime_ns) → sha256 of the file: a set is hashed once however often it is reported
     _digest: tuple[tuple[str, int, int], str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        cleaned: dict[Site, torch.Tensor] = {}
+        cleaned: dict[SiteKey, torch.Tensor] = {}
         for (layer, site), values in self.neurons.items():
             if site not in SITES:
                 raise NeuronSetError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
@@ -206,11 +206,11 @@ class NeuronSet:
         means: Mapping[tuple[int, str, int], float] | None = None,
         factors: Mapping[tuple[int, str, int], float] | None = None,
     ) -> NeuronSet:
-        grouped: dict[Site, list[int]] = {}
+        grouped: dict[SiteKey, list[int]] = {}
         for layer, site, index in keys:
             grouped.setdefault((int(layer), site), []).append(int(index))
 
-        def per_site(values: Mapping[tuple[int, str, int], float] | None) -> dict[Site, torch.Tensor]:
+        def per_site(values: Mapping[tuple[int, str, int], float] | None) -> dict[SiteKey, torch.Tensor]:
             if values is None:
                 return {}
             return {k: torch.tensor([values[(k[0], k[1], i)] for i in v], dtype=torch.float32) for k, v in grouped.items()}

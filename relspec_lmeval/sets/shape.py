@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch loads where tensors are handled: parsing flags (relsp
     import torch
 
 __all__ = [
-    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "FFN_SITES", "SHAPE_KEYS", "SITES", "ModelShape", "SELECT_MODES", "Site",
+    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "FFN_SITES", "SHAPE_KEYS", "SITES", "ModelShape", "SELECT_MODES", "SiteKey",
     "config_fingerprint", "model_metadata", "parse_sites",
 ]
 
@@ -34,7 +34,7 @@ FFN_SITES = ("gate_proj", "up_proj", "down_proj")
 ATTENTION_SITES = ("q_proj", "k_proj", "v_proj", "o_proj")
 SITES = ATTENTION_SITES + FFN_SITES  # every site a set may name, in the order they run in a decoder layer
 DEFAULT_SITES = FFN_SITES  # what identification scores unless told otherwise (the paper's)
-Site = tuple[int, str]  # (layer, site name)
+SiteKey = tuple[int, str]  # (layer, site name): a site of one decoder layer, the key of per-site neurons, scores, means
 SHAPE_KEYS = ("num_layers", "hidden_size", "intermediate_size")  # the recorded shape in a file's ``model`` block
 # recorded too when a file has attention sites: the widths of q_proj (heads × head_dim) and k/v_proj (kv heads × head_dim)
 ATTENTION_KEYS = ("num_attention_heads", "num_key_value_heads", "head_dim")
@@ -217,13 +217,13 @@ class ModelShape:
         """(layer, site, flat offset, width) of every (layer, site) block of the flat order, in order."""
         return [(layer, site, self.offset(layer, site), self.width(site)) for layer in range(self.num_layers) for site in self.sites]
 
-    def split(self, flat: torch.Tensor) -> dict[Site, torch.Tensor]:
+    def split(self, flat: torch.Tensor) -> dict[SiteKey, torch.Tensor]:
         """A flat per-neuron vector → one tensor per (layer, site)."""
         if flat.shape[-1] != self.total:
             raise NeuronSetError(f"expected {self.total} neurons, got {flat.shape[-1]}")
         return {(layer, site): flat[..., off : off + width] for layer, site, off, width in self.blocks()}
 
-    def join(self, parts: Mapping[Site, torch.Tensor]) -> torch.Tensor:
+    def join(self, parts: Mapping[SiteKey, torch.Tensor]) -> torch.Tensor:
         """Inverse of ``split``."""
         missing = [(layer, site) for layer, site, _, _ in self.blocks() if (layer, site) not in parts]
         if missing:
@@ -238,12 +238,12 @@ class ModelShape:
 
         return torch.cat([parts[(layer, site)] for layer, site, _, _ in self.blocks()], dim=-1)
 
-    def group(self, flat_index: torch.Tensor) -> dict[Site, torch.Tensor]:
+    def group(self, flat_index: torch.Tensor) -> dict[SiteKey, torch.Tensor]:
         """Flat indices → channel indices per (layer, site) (positions into ``flat_index`` kept in order)."""
         import torch
 
         flat_index = flat_index.to(torch.int64).cpu()
-        out: dict[Site, torch.Tensor] = {}
+        out: dict[SiteKey, torch.Tensor] = {}
         for layer, site, off, width in self.blocks():
             hit = (flat_index >= off) & (flat_index < off + width)
             if bool(hit.any()):
