@@ -45,6 +45,7 @@ def _files(tmp: Path) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     from relspec_lmeval.sets.neuron_set import NeuronSet
+    from relspec_lmeval.util.resources import resource_dir
 
     tiny = {"name": "relspec-tiny", "num_layers": 6, "hidden_size": 128, "intermediate_size": 256}
     files = {
@@ -108,6 +109,11 @@ def _files(tmp: Path) -> dict[str, Path]:
     (user / "notes.txt").write_text("mine", encoding="utf-8")
     files["user_folder"] = user
     files["a_file"] = user / "notes.txt"
+    carded = tmp / "carded"  # a sets folder (its summary.json) that has a README.md already
+    carded.mkdir()
+    (carded / "summary.json").write_text((resource_dir("neuron_sets") / "relspec-tiny" / "summary.json").read_text(encoding="utf-8"), encoding="utf-8")
+    (carded / "README.md").write_text("my notes\n", encoding="utf-8")
+    files["carded"] = carded
     return files
 
 
@@ -192,6 +198,13 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`--device cuda` where torch sees no GPU", Case(["reproduce", "--model", tiny, "--neuron-sets", "relspec-tiny", "--suite", "synthetic", "--out", str(out / "r"), "--device", "cuda"], no_cuda=True)),
         ("`select --k 0`", ["select", "--k", "0", str(shipped / "relspec-tiny" / "scores" / "person_father.safetensors")]),
         ("`lm_eval` of a relation task whose file `RELSPEC_LRE_DIR` lacks", Case({"pretrained": tiny}, tasks=["relation_recall_product_company"], env={"RELSPEC_LRE_DIR": str(out / "empty_lre"), "RELSPEC_OFFLINE": "1"})),
+        ("`neuron_set=hf://…` without a file path", {"pretrained": tiny, "neuron_set": "hf://me/relspec-sets"}),
+        ("`neuron_set=hf://…` offline, not in the Hugging Face cache", Case({"pretrained": tiny, "neuron_set": "hf://me/relspec-sets/person_father"},
+                                                                         env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(out / "empty_hub")})),
+        ("`relspec info hf://…` with a repository name the Hub does not allow", ["info", "hf://me/relspec--sets/person_father"]),
+        ("`relspec card` of a folder without `summary.json`", ["card", str(f["user_folder"])]),
+        ("`relspec card` where `README.md` exists", ["card", str(f["carded"])]),
+        ("`relspec card` of a shipped folder", ["card", str(shipped / "relspec-tiny"), "--force"]),
         ("`lm_eval` of a relation task offline, not in the cache", Case({"pretrained": tiny}, tasks=["relation_recall_product_company"], env={"RELSPEC_LRE_DIR": None, "RELSPEC_OFFLINE": "1", "RELSPEC_CACHE_DIR": str(out / "empty_cache")})),
     ]
 
