@@ -30,8 +30,9 @@ import torch  # noqa: E402
 
 from relspec_lmeval.data.metrics import METRICS  # noqa: E402
 from relspec_lmeval.data.relations import RELATIONS, build_docs  # noqa: E402
-from relspec_lmeval.identify.activations import encode_prompts, generate_with_means  # noqa: E402
+from relspec_lmeval.identify.activations import generate_with_means  # noqa: E402
 from relspec_lmeval.identify.correctness import first_line  # noqa: E402
+from relspec_lmeval.identify.tokens import encode_prompts  # noqa: E402
 from relspec_lmeval.modelio.load import load_model  # noqa: E402
 
 

@@ -88,8 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="write the result JSON here")
     args = p.parse_args(argv)
 
-    from relspec_lmeval.identify.activations import activation_matrix, forward_kwargs, generate_with_means, length_batches, pad_batch
+    from relspec_lmeval.identify.activations import activation_matrix, forward_kwargs, generate_with_means
     from relspec_lmeval.identify.methods.chunking import two_class_scores
+    from relspec_lmeval.identify.tokens import length_batches, pad_batch
     from relspec_lmeval.modelio.sites import model_shape
 
     torch.set_num_threads(args.threads)

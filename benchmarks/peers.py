@@ -105,7 +105,7 @@ def random_llama(folder: Path, corpus: list[str], seed: int) -> None:
 def prepare(name: str, work: Path, args) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
-    from relspec_lmeval.identify.activations import encode_prompts, pad_token_id
+    from relspec_lmeval.identify.tokens import encode_prompts, pad_token_id
     from relspec_lmeval.modelio.load import resolve_pretrained
     from relspec_lmeval.sets.shape import ModelShape
 

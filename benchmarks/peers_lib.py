@@ -27,7 +27,7 @@ SITES = ("gate_proj", "up_proj", "down_proj")
 
 def batches(encoded: list[list[int]], batch_size: int, pad_id: int) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(rows, input_ids, attention_mask) per batch: right padding, similar lengths together (ours)."""
-    from relspec_lmeval.identify.activations import length_batches, pad_batch
+    from relspec_lmeval.identify.tokens import length_batches, pad_batch
 
     return [(rows, *pad_batch([encoded[i] for i in rows], pad_id, "right", torch.device("cpu"))) for rows in length_batches(encoded, batch_size)]
 

@@ -17,9 +17,10 @@ from relspec_lmeval.data.choice import build_choice_docs
 from relspec_lmeval.data.logprob import first_token
 from relspec_lmeval.data.metrics import METRICS as CHECKS
 from relspec_lmeval.experiments.stats import bootstrap_mean, from_resamples
-from relspec_lmeval.identify.activations import encode_prompts, generate_with_means, pad_token_id
+from relspec_lmeval.identify.activations import generate_with_means
 from relspec_lmeval.identify.correctness import first_line
 from relspec_lmeval.identify.draws import site_matched_draw
+from relspec_lmeval.identify.tokens import encode_prompts, pad_token_id
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.scores import select_flat
 from relspec_lmeval.sets.shape import SITES

@@ -4,4 +4,6 @@ import sys
 
 from relspec_lmeval.cli import main
 
+__all__: list[str] = []  # a script: nothing to import from it
+
 sys.exit(main())

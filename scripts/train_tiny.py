@@ -224,8 +224,9 @@ def train(model, ids, labels, args, pad_id, log) -> None:
 
 def recall(model, tokenizer, docs: list[dict], batch: int = 128) -> float:
     """Greedy, 2 new tokens, the recall tasks' metric: identification's correctness filter."""
-    from relspec_lmeval.identify.activations import encode_prompts, generate_with_means
+    from relspec_lmeval.identify.activations import generate_with_means
     from relspec_lmeval.identify.correctness import first_line
+    from relspec_lmeval.identify.tokens import encode_prompts
 
     encoded = encode_prompts(tokenizer, [d["prompt"] for d in docs])
     texts, _ = generate_with_means(model, tokenizer, encoded, None, batch_size=batch, progress=False)

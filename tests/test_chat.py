@@ -11,8 +11,8 @@ from test_identify import write_lre_folder
 
 from relspec_lmeval.cli import main as cli_main
 from relspec_lmeval.data.relations import build_docs
-from relspec_lmeval.identify.activations import encode_prompts
 from relspec_lmeval.identify.chat import chat_prompts
+from relspec_lmeval.identify.tokens import encode_prompts
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.util.resources import task_dir
 

@@ -20,11 +20,12 @@ from relspec_lmeval.cli import main as cli_main
 from relspec_lmeval.data.relations import build_docs
 from relspec_lmeval.data.templates import PAPER_RELATIONS
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.identify.activations import encode_prompts, generate_with_means, pad_token_id
+from relspec_lmeval.identify.activations import generate_with_means
 from relspec_lmeval.identify.config import IdentifyConfig
 from relspec_lmeval.identify.controls import random_sets, select_sets
 from relspec_lmeval.identify.pipeline import identify
 from relspec_lmeval.identify.pool import choose_prompts, load_pool
+from relspec_lmeval.identify.tokens import encode_prompts, pad_token_id
 from relspec_lmeval.sets.neuron_set import NeuronSet
 from relspec_lmeval.sets.scores import load_scores
 from relspec_lmeval.sets.shape import FFN_SITES, SITES, ModelShape

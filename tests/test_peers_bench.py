@@ -24,7 +24,7 @@ K = 10
 def setup(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from relspec_lmeval.identify.activations import encode_prompts
+    from relspec_lmeval.identify.tokens import encode_prompts
 
     folder = tmp_path_factory.mktemp("peers-llama")
     model = build_tiny_llama(folder, layers=2, hidden=32, ffn=64)

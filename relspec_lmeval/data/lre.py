@@ -21,6 +21,8 @@ from relspec_lmeval.util.cache import cache_root
 from relspec_lmeval.util.env import env_flag
 from relspec_lmeval.util.files import atomic_write
 
+__all__ = ["HOW_TO_POINT", "LRE_COMMIT", "LRE_REPO", "LRE_SHA256", "LRE_URL", "cache_dir", "fetch_pinned_lre", "resolve_lre_dir"]
+
 LRE_REPO = "evandez/relations"
 LRE_COMMIT = "1b9ec3cf2b8368e42bde7e80fcef384312a6ec07"
 LRE_URL = f"https://raw.githubusercontent.com/{LRE_REPO}/{LRE_COMMIT}/data/factual/"

@@ -47,6 +47,7 @@ __all__ = [
     "custom_dataset",
     "custom_ppl_dataset",
     "docs_hash",
+    "fill_prompt",
     "is_correct",
     "process_results",
     "relation_objects",
@@ -159,7 +160,23 @@ def _split(stem: str, samples: list[dict]) -> tuple[list[str], list[str], dict[s
 
 
 def fill_prompt(template: str, subject: str, language: str = "en") -> str:
-    """Template with the subject, wrapped in the language's "? Answer:" (no BOS)."""
+    """A template with the subject in it, wrapped in the language's "? Answer:": a prompt as the tasks build it (no BOS).
+
+    Args:
+        template: a template with ``{}`` for the subject (``PAPER_RELATIONS[r].templates``).
+        subject: the subject.
+        language: ``en`` or one of ``LANGUAGES`` (``ANSWER_AFFIXES``); French elides "de" before a vowel.
+
+    Returns:
+        The prompt text.
+
+    Example:
+        >>> from relspec_lmeval.data.relations import fill_prompt
+        >>> fill_prompt("{} is in the country of", "Kyoto")
+        'Kyoto is in the country of? Answer:'
+        >>> fill_prompt("Le PDG de {} est", "Apple", "fr")
+        "Le PDG d'Apple est ? Réponse :"
+    """
     if language == "fr" and re.match(r"[AEIOUYÀÂÉÈÊËÎÏÔÛÜaeiouyàâéèêëîïôûü]", subject):
         template = re.sub(r"\bde \{\}", "d'{}", template)  # "Le PDG d'Apple", not "de Apple"
     prefix, suffix = ANSWER_AFFIXES[language]

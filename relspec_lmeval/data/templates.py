@@ -11,9 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["ANSWER_AFFIXES", "MULTILINGUAL_TEMPLATES", "PAPER_RELATIONS", "RelationSpec"]
+
 
 @dataclass(frozen=True)
 class RelationSpec:
+    """One of the paper's relations: its name, its LRE file, its P^eva/P^det templates, its P^eva-2 template and
+    its perplexity sentence (``{}``: the subject in the templates, an object in ``ppl_sentence``)."""
+
     name: str
     file: str
     templates: tuple[str, ...]  # P^eva / P^det ("main")
@@ -112,7 +117,7 @@ _SPECS = (
     ),
 )
 
-PAPER_RELATIONS: dict[str, RelationSpec] = {spec.name: spec for spec in _SPECS}
+PAPER_RELATIONS: dict[str, RelationSpec] = {spec.name: spec for spec in _SPECS}  # name → spec, the paper's 12, in its order
 
 # (prefix, suffix) around the filled template: the paper's "? Answer:" in each language.
 # Spanish opens a question with "¿"; French puts a space before "?" and ":"; Chinese

@@ -8,6 +8,11 @@ from pathlib import Path
 from relspec_lmeval.experiments.study import NA, Condition, Row, Study, mean_present, value
 from relspec_lmeval.experiments.tables import row_sites
 
+__all__ = [
+    "figure_intra", "figure_intra_ci", "figure_k_sweep", "figure_k_sweep_ci", "figure_languages", "figure_layers", "figure_matrix",
+    "figure_overlap", "figure_templates",
+]
+
 
 def _plt():
     import matplotlib
@@ -46,6 +51,7 @@ def _save(fig, path: Path) -> None:
 
 
 def figure_layers(study: Study, rows: list[Row], path: Path) -> None:
+    """Fig. 1 from ``layer_rows``: each relation's share of neurons per layer (heatmap), and all sets' neurons per layer and site."""
     plt = _plt()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.35 * len(study.relations) + 2.5))
     layers = list(range(study.num_layers))
@@ -71,6 +77,7 @@ def figure_layers(study: Study, rows: list[Row], path: Path) -> None:
 
 
 def figure_overlap(study: Study, path: Path) -> None:
+    """Fig. 2: the neurons each two relations' sets share, as counts and as Jaccard indices."""
     plt = _plt()
     rel = study.relations
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(rel) + 2.5))
@@ -87,6 +94,7 @@ def figure_overlap(study: Study, path: Path) -> None:
 
 
 def figure_intra(study: Study, rows: list[Row], path: Path) -> None:
+    """Fig. 3 from ``intra_rows``: accuracy original, own set off and random sets off (mean ± sd, each seed a dot), P^eva and P^det."""
     plt = _plt()
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.8 * len(study.relations) + 2), 7))
     for ax, split in zip(axes, ("P^eva", "P^det")):
@@ -126,6 +134,7 @@ def figure_matrix(study: Study, rows: list[Row], path: Path, title: str, scale: 
 
 
 def figure_k_sweep(study: Study, rows: list[Row], path: Path) -> None:
+    """Fig. 5 from ``k_sweep_rows``: P^eva accuracy against k (log), own relation and the others, with the original as dashed lines."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ks = study.ks
@@ -148,6 +157,7 @@ def figure_k_sweep(study: Study, rows: list[Row], path: Path) -> None:
 
 
 def figure_languages(study: Study, rows: list[Row], path: Path) -> None:
+    """Fig. 7 from ``language_rows``: each relation's own-set drop per language, as a heatmap."""
     plt = _plt()
     langs = ["en", *study.suite.languages]
     fig, ax = plt.subplots(figsize=(0.7 * len(langs) + 4, 0.45 * len(study.relations) + 2))
@@ -159,6 +169,7 @@ def figure_languages(study: Study, rows: list[Row], path: Path) -> None:
 
 
 def figure_templates(study: Study, rows: list[Row], t2_matrix: list[Row], path: Path) -> None:
+    """Fig. 8 from ``template_rows``: own-set drops with template 1 and 2 side by side, and the drop matrix on P^eva-2."""
     plt = _plt()
     rel = study.relations
     fig, (left, right) = plt.subplots(1, 2, figsize=(0.9 * len(rel) + 7, 0.45 * len(rel) + 3))

@@ -91,6 +91,20 @@ BASELINE = Condition("baseline")
 
 
 def relative_drop(original: float | None, ablated: float | None) -> float | None:
+    """(original − ablated) / original; None where either is missing or the original is 0 (no drop, never a division by zero).
+
+    Args:
+        original: the unablated model's score.
+        ablated: the score with neurons off.
+
+    Returns:
+        The relative drop (negative: the ablated model did better), or None.
+
+    Example:
+        >>> from relspec_lmeval.experiments.study import relative_drop
+        >>> relative_drop(0.5, 0.125), relative_drop(0.0, 0.0)
+        (0.75, None)
+    """
     if original is None or ablated is None or original == 0:
         return None
     return (original - ablated) / original

@@ -14,6 +14,11 @@ from relspec_lmeval.experiments.study import BASELINE, NA, Condition, Row, Study
 from relspec_lmeval.sets.shape import FFN_SITES, SITES
 from relspec_lmeval.util.files import atomic_write_text
 
+__all__ = [
+    "cumulativity_rows", "fmt_cell", "fmt_ci", "intra_rows", "k_sweep_rows", "language_rows", "layer_rows", "markdown", "matrix_rows",
+    "pair_rows", "perplexity_rows", "row_sites", "template_rows", "write_table",
+]
+
 
 def row_sites(rows: list[Row]) -> list[str]:
     """The site columns of ``layer_rows`` (the FFN's always; an attention site when a set has one)."""
@@ -21,6 +26,7 @@ def row_sites(rows: list[Row]) -> list[str]:
 
 
 def layer_rows(study: Study) -> list[Row]:
+    """Fig. 1: per relation and layer, its set's neurons per site, their total and the share of the set in that layer."""
     present = {site for r in study.relations for counts in study.sets[r].per_layer.values() for site in counts}
     sites = [s for s in SITES if s in FFN_SITES or s in present]
     rows = []
@@ -35,6 +41,7 @@ def layer_rows(study: Study) -> list[Row]:
 
 
 def pair_rows(study: Study, table: dict[str, dict[str, Any]]) -> list[Row]:
+    """Fig. 2: a relation × relation ``table`` (shared neurons, Jaccard index) as one row per relation."""
     return [{"relation": a, **{b: table[a][b] for b in study.relations}} for a in study.relations]
 
 
@@ -160,6 +167,7 @@ def write_table(rows: list[Row], folder: Path, name: str) -> None:
 
 
 def fmt_cell(v: Any, percent: bool = False) -> str:
+    """A table cell for markdown: ``n/a`` for None, a float to 3 decimals (3 significant digits from 1000; ``percent``: ``42.0%``)."""
     if v is None:
         return NA
     if isinstance(v, float):  # + 0.0 turns a rounded -0.0 into 0.0
@@ -176,6 +184,7 @@ def fmt_ci(interval: Any, percent: bool = False, unit: str = "") -> str:
 
 
 def markdown(rows: list[Row], percent: Sequence[str] = ()) -> str:
+    """``rows`` as a markdown table, columns in the first row's order; the columns named in ``percent`` as percentages."""
     if not rows:
         return "_(no data)_"
     head = list(rows[0])

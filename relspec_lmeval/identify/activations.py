@@ -32,9 +32,12 @@ from torch import nn
 
 from relspec_lmeval.errors import ModelError
 from relspec_lmeval.identify.early_stop import forward_until, stop_after
+from relspec_lmeval.identify.tokens import length_batches, pad_batch, pad_token_id
 from relspec_lmeval.modelio.sites import find_layers, site_modules
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress
+
+__all__ = ["HookedRecorder", "Processes", "activation_matrix", "forward_kwargs", "generate_with_means", "input_device"]
 
 # ---------------------------------------------------------------------------- processes
 
@@ -111,57 +114,11 @@ class Processes:
             self.state.wait_for_everyone()
 
 
-# ---------------------------------------------------------------------------- tokens
-
-
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt, as lm-eval's ``HFLM.tok_encode`` makes them for the recall tasks.
-
-    The tokenizer's own special-token behaviour decides the BOS: Llama's and Gemma's add one
-    (the paper's "BOS always prepended"), Qwen2's add none and lm-eval evaluates without one,
-    so identification does too (a forced ``<|endoftext|>`` first cut Qwen2.5-Coder-0.5B's
-    P^det recall of person_pro_sport from 3 in 16 to 2 in 268). A prompt that already starts
-    with the BOS text (a chat template's output) is encoded without special tokens, as HFLM
-    does, so it has one BOS, not two. A trailing EOS some tokenizers append is dropped.
-    """
-    bos_text = getattr(tokenizer, "bos_token", None)
-    prompts = list(prompts)
-    if bos_text and any(p.startswith(bos_text) for p in prompts):  # chat-templated: one call per prompt
-        encoded = [tokenizer(p, add_special_tokens=not p.startswith(bos_text))["input_ids"] for p in prompts]
-    else:
-        encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    return [list(ids[:-1]) if eos is not None and eos != bos and len(ids) > 1 and ids[-1] == eos else list(ids) for ids in encoded]
-
-
-def length_batches(encoded: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    """Prompt positions grouped into batches of similar length (longest first; deterministic)."""
-    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if side == "left":
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-        else:
-            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
+# ---------------------------------------------------------------------------- the model
 
 
 def input_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: its input embedding's device (the first shard under ``device_map``)."""
     return model.get_input_embeddings().weight.device
 
 

@@ -4,7 +4,7 @@ Identification must see the text the evaluation sees. Rather than re-implementin
 prompt assembly, the prompts are built by lm-eval's own ``Task.fewshot_context`` of one of our
 recall tasks (all of them render ``{{prompt}}``), with the chat template applied the way
 ``HFLM.apply_chat_template`` applies it. Encoding then follows ``HFLM.tok_batch_encode``: a
-string that starts with the BOS text gets no second BOS (``activations.encode_prompts``).
+string that starts with the BOS text gets no second BOS (``tokens.encode_prompts``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ up to 9 other objects of the relation). It reproduces lm-eval 0.4.13's ``multipl
   drops the target delimiter), and trailing whitespace of the context moves into it
   (``TemplateLM._encode_pair``);
 - context and context+continuation are tokenised the way the recall prompts are
-  (``activations.encode_prompts``: the tokenizer's own special tokens, one BOS), and the
+  (``tokens.encode_prompts``: the tokenizer's own special tokens, one BOS), and the
   continuation tokens are the whole's tokens after the context's length;
 - the score is the summed log-probability of the continuation tokens; the doc is correct when
   the first arg-max is the gold (``numpy.argmax``'s tie rule).
@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from relspec_lmeval.identify.activations import Processes, encode_prompts, forward_kwargs, input_device, length_batches, pad_batch
+from relspec_lmeval.identify.activations import Processes, forward_kwargs, input_device
+from relspec_lmeval.identify.tokens import encode_prompts, length_batches, pad_batch
 from relspec_lmeval.util.progress import progress
 
 __all__ = ["choice_correct", "choice_scores", "encode_pairs", "winner"]

@@ -43,7 +43,7 @@ import torch
 
 from relspec_lmeval import __version__
 from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
-from relspec_lmeval.identify.activations import Processes, activation_matrix, encode_prompts, pad_token_id
+from relspec_lmeval.identify.activations import Processes, activation_matrix
 from relspec_lmeval.identify.answer_cache import AnswerCache, model_fingerprint
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
 from relspec_lmeval.identify.config import MAX_NEW_TOKENS, BatchSize, IdentifyConfig, memory_budget
@@ -54,6 +54,7 @@ from relspec_lmeval.identify.methods.registry import METHODS
 from relspec_lmeval.identify.outputs import Scored, SetsWriter, means_over, run_parameters
 from relspec_lmeval.identify.pool import Pool, choose_prompts, load_pool, parse_relations
 from relspec_lmeval.identify.summary import RelationResult, environment, format_table, kept_results
+from relspec_lmeval.identify.tokens import encode_prompts, pad_token_id
 from relspec_lmeval.modelio.load import load_config, load_model, meta_skeleton
 from relspec_lmeval.modelio.sites import site_modules
 from relspec_lmeval.sets.folder import EarlierRun, SetsFolder

@@ -98,4 +98,20 @@ def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.
 
 
 def model_shape(model: nn.Module) -> ModelShape:
+    """The ``ModelShape`` of a loaded model (its base model's config, so a PEFT-wrapped model works too).
+
+    Args:
+        model: a transformers causal LM.
+
+    Returns:
+        Its widths and the flat neuron order of the FFN sites (``gate_proj``, ``up_proj``, ``down_proj``).
+
+    Example:
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> from relspec_lmeval.modelio.sites import model_shape
+        >>> config = LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32, num_attention_heads=2, vocab_size=64)
+        >>> shape = model_shape(LlamaForCausalLM(config))
+        >>> shape.num_layers, shape.total  # 2 layers × (32 + 32 + 16) neurons
+        (2, 160)
+    """
     return ModelShape.from_config(base_model(model).config)

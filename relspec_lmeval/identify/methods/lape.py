@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError, UsageError
-from relspec_lmeval.identify.activations import HookedRecorder, Processes, forward_kwargs, input_device, length_batches, pad_batch
+from relspec_lmeval.identify.activations import HookedRecorder, Processes, forward_kwargs, input_device
 from relspec_lmeval.identify.methods.registry import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_SITE, LAPE_TOP_RATE
+from relspec_lmeval.identify.tokens import length_batches, pad_batch
 from relspec_lmeval.modelio.sites import find_mlps
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress as progress_bar
