@@ -11,7 +11,7 @@ import types
 import pytest
 
 import _relspec_lmeval_hook as hook
-from relspec_lmeval.errors import DataError, NeuronSetError
+from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
 from relspec_lmeval.lm import preflight
 from relspec_lmeval.util.resources import task_dir
 
@@ -154,6 +154,13 @@ def test_preflight_refuses_a_bad_set_before_lm_eval_runs(capsys):
                          ({"positions": "last", "ablate_with": "weights"}, "needs hooks"), ({"allow_empty": "maybe"}, "allow_empty")):
         with pytest.raises(NeuronSetError, match=message):
             preflight.check_cli_args(run_args({"pretrained": "relspec-tiny", **bad}))
+
+
+@pytest.mark.parametrize("key", ["device", "batch_size", "max_batch_size"])
+def test_preflight_sends_cli_owned_args_to_the_command_line(key):
+    # lm-eval passes these itself; inside model_args they would crash with "multiple values for keyword argument"
+    with pytest.raises(UsageError, match=f"{key}= belongs on lm_eval's command line \\(--{key} 4\\)"):
+        preflight.check_cli_args(run_args({"pretrained": "relspec-tiny", key: "4"}))
 
 
 def test_preflight_checks_a_set_against_the_model_config():

@@ -23,7 +23,7 @@ from relspec_lmeval.data.lre import HOW_TO_POINT, resolve_lre_dir
 from relspec_lmeval.data.relations import available_relations, task_data_dir
 from relspec_lmeval.data.tasks import GROUPS, GroupSpec
 from relspec_lmeval.data.templates import PAPER_RELATIONS
-from relspec_lmeval.errors import DataError, NeuronSetError
+from relspec_lmeval.errors import DataError, NeuronSetError, UsageError
 
 if TYPE_CHECKING:
     from relspec_lmeval.lm.ablation import AblationSpec
@@ -127,6 +127,9 @@ def _cli_values(namespace: Any) -> dict:
     return values
 
 
+_CLI_OWNED = ("device", "batch_size", "max_batch_size")
+
+
 def check_cli_args(namespace: Any) -> None:
     """The pre-flight of ``lm_eval run --model relspec-hf …`` (argparse ``namespace``): the model
     arguments (``check_model_args``) and our tasks' data (``check_task_data``); other models pass."""
@@ -134,6 +137,12 @@ def check_cli_args(namespace: Any) -> None:
     if values.get("model") != MODEL_NAME:
         return
     model_args = _as_dict(values.get("model_args"))
+    # lm-eval passes its own --batch_size/--max_batch_size/--device (a --device left out is cuda:0 in
+    # EvaluatorConfig) beside model_args, so one of these inside model_args would reach the model twice
+    # and end in "got multiple values for keyword argument": stock lm-eval's crash, said here in one line.
+    for key in _CLI_OWNED:
+        if key in model_args:
+            raise UsageError(f"{key}= belongs on lm_eval's command line (--{key} {model_args[key]}), not in --model_args")
     check_model_args(**{k: v for k, v in model_args.items() if k in _MODEL_ARGS})
     tasks = values.get("tasks") or []
     tasks = tasks.split(",") if isinstance(tasks, str) else [t for task in tasks for t in str(task).split(",")]
