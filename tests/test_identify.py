@@ -188,7 +188,7 @@ def test_sites_on_a_fused_model_fail_before_any_weight_loads(data_dir, tmp_path,
             "--no-filter", "--quiet"]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("relspec: error: model type 'phi3' has a fused") and err.count("\n") == 1, err
+    assert err.startswith("relspec: error: model type 'phi3' has a fused qkv_proj attention") and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
 
 

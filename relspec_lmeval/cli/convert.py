@@ -85,8 +85,9 @@ def _read(args: argparse.Namespace, shape: Any) -> Converted:
 def _model_shape(config: Any, skeleton: Any) -> Any:
     """The config's ``ModelShape``, after checking on its weightless (meta-device) copy that its MLPs are ours.
 
-    ``UnsupportedModelError`` for fused, mixture-of-experts or non-gated MLPs (GPT-2, BLOOM,
-    OPT, Phi-2: LAPE ships files for them too), whose neurons have no gate_proj/up_proj/down_proj.
+    ``UnsupportedModelError`` for mixture-of-experts or non-gated MLPs (GPT-2, BLOOM, OPT, Phi-2:
+    LAPE ships files for them too), whose neurons have no gate_proj/up_proj/down_proj; a fused
+    gate_up_proj of Phi-3 or GLM passes (its halves are gate_proj and up_proj, ``modelio.sites``).
     """
     from relspec_lmeval.modelio.sites import find_mlps
     from relspec_lmeval.sets.shape import ModelShape

@@ -1,6 +1,7 @@
 """Switching neurons off inside a transformers model, and always being able to undo it.
 
-A set's neurons are output channels of MLP or attention projections (``modelio.sites``).
+A set's neurons are output channels of MLP or attention projections (``modelio.sites``; a fused
+``gate_up_proj``'s gate_proj and up_proj neurons are its two halves' channels, ``modelio.sites.channels``).
 For a plain ``nn.Linear`` without bias, setting output channel j to 0 (or scaling it by f,
 one factor for all with ``mode=scale``, the set's per-neuron factors with ``mode=dampen``)
 is exactly setting row j of the weight to 0 (or scaling it): the edit costs nothing at run
@@ -29,7 +30,7 @@ from relspec_lmeval.lm.overflow import (
     probe_finite,
 )
 from relspec_lmeval.lm.positions import PositionMask, check_positions
-from relspec_lmeval.modelio.sites import find_mlps, model_shape, site_modules
+from relspec_lmeval.modelio.sites import channels, find_mlps, model_shape, site_modules
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
 
@@ -206,7 +207,7 @@ def apply_ablation(
     """Switch ``neuron_set``'s neurons off in ``model`` (in place) and return the undo handle.
 
     Args:
-        model: a transformers causal LM with gate/up/down projections (Llama, Qwen2, Gemma, …).
+        model: a transformers causal LM with gate/up/down projections (Llama, Qwen2, Gemma, …; Phi-3's fused gate_up_proj).
         neuron_set: the neurons (its shape must be the model's).
         spec: how (default ``AblationSpec()``: zero, weight edits where exact).
         positions: with ``spec.positions`` other than ``all``, the caller's ``PositionMask``.
@@ -238,7 +239,9 @@ def apply_ablation(
     if spec.positions != "all" and (positions is None or positions.positions != spec.positions):
         raise NeuronSetError(f"positions={spec.positions} needs a PositionMask of the same positions (relspec-hf makes one)")
     masked = positions if spec.positions != "all" else None
-    plan = [(layer, site, index, modules[(layer, site)]) for (layer, site), index in neuron_set.neurons.items()]
+    # (layer, site, the module's output channels, the module): a fused site's rows are those of its half
+    plan = [(layer, site, rows, module) for (layer, site), index in neuron_set.neurons.items()
+            for module, rows in [channels(modules[(layer, site)], index)]]
     weighted = [_uses_weights(module, spec, masked is not None, layer, site) for layer, site, _, module in plan]
     if spec.mode in ("scale", "dampen"):  # every site, before the first edit: the model stays untouched
         for layer, site, index, module in plan:

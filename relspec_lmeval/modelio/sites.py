@@ -4,18 +4,118 @@ A site (``sets.shape.SITES``) is a linear layer of a decoder layer: ``mlp.gate_p
 ``mlp.up_proj``, ``mlp.down_proj`` (every supported model has them) or
 ``self_attn.q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (looked up when a set or a run names
 them). Both sides use this: ablation (writing into the sites) and identification (reading them).
+
+A fused MLP (Phi-3 and GLM: one ``gate_up_proj`` of width 2 × intermediate whose output is
+chunked into gate, then up) keeps the names: ``gate_proj`` neuron i is its output channel i,
+``up_proj`` neuron i its channel intermediate + i. ``site_modules`` gives such a half as a
+``FusedHalf`` (the module and where the half starts), whose forward hooks see the half alone;
+``channels`` turns a site and its neuron indices into the module and its own output channels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
+import torch
 from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError
 from relspec_lmeval.sets.shape import ATTENTION_SITES, FFN_SITES, ModelShape, SiteKey
 
-__all__ = ["base_model", "find_layers", "find_mlps", "model_shape", "model_type", "site_modules"]
+__all__ = [
+    "FUSED_MLPS", "FusedHalf", "base_model", "channels", "find_layers", "find_mlps", "is_fused", "model_shape", "model_type",
+    "site_modules",
+]
+
+# MLP classes whose gate_up_proj output is ``gate, up = out.chunk(2, dim=-1)`` (read in transformers'
+# code). Only these: Phi4MultimodalAudioMLP chunks the same weight as ``up, gate``, so the
+# attribute alone cannot tell which half is which.
+FUSED_MLPS = ("Phi3MLP", "GlmMLP", "Glm4MLP")
+
+
+@dataclass(frozen=True)
+class FusedHalf:
+    """One half of a fused ``gate_up_proj``: output channels ``start`` to ``start + width`` of ``module``.
+
+    Args:
+        module: the fused Linear (or its PEFT/quantized replacement).
+        start: 0 for ``gate_proj``, the intermediate size for ``up_proj``.
+        width: the intermediate size.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from relspec_lmeval.modelio.sites import FusedHalf
+        >>> fused = nn.Linear(2, 6, bias=False)
+        >>> up = FusedHalf(fused, 3, 3)
+        >>> seen = []
+        >>> handle = up.register_forward_hook(lambda m, a, out: seen.append(out.shape[-1]))
+        >>> _ = fused(torch.ones(1, 2)); handle.remove()
+        >>> up.out_features, seen
+        (3, [3])
+    """
+
+    module: nn.Module
+    start: int
+    width: int
+
+    @property
+    def out_features(self) -> int:
+        return self.width
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.module, "bias", None)
+
+    def register_forward_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+        """A hook on the fused module that is given this half of its output (a view: edits in place reach the
+        output; a tensor the hook returns replaces the half)."""
+        start, stop = self.start, self.start + self.width
+
+        def sliced(module: nn.Module, args: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            half = out[..., start:stop]
+            result = hook(module, args, half)
+            if isinstance(result, torch.Tensor) and result is not half:
+                out[..., start:stop] = result
+            return None
+
+        return self.module.register_forward_hook(sliced)
+
+    def register_forward_pre_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+        return self.module.register_forward_pre_hook(hook)
+
+
+def channels(module: nn.Module | FusedHalf, index: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """The module that computes a site, and its output channels for the site's neuron ``index``.
+
+    Args:
+        module: a site's entry of ``site_modules``.
+        index: neuron indices at that site.
+
+    Returns:
+        ``(module, index)`` as given for a plain site; for a ``FusedHalf`` the fused module and
+        ``index + start`` (its rows of the fused weight).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from relspec_lmeval.modelio.sites import FusedHalf, channels
+        >>> fused = nn.Linear(2, 6, bias=False)
+        >>> module, rows = channels(FusedHalf(fused, 3, 3), torch.tensor([0, 2]))
+        >>> module is fused, rows.tolist()
+        (True, [3, 5])
+    """
+    if isinstance(module, FusedHalf):
+        return module.module, index + module.start
+    return module, index
+
+
+def is_fused(mlp: nn.Module) -> bool:
+    """Whether ``mlp`` is a fused MLP of ``FUSED_MLPS`` (gate_up_proj chunked gate first, then up)."""
+    return type(mlp).__name__ in FUSED_MLPS and isinstance(getattr(mlp, "gate_up_proj", None), nn.Module)
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -38,25 +138,36 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
 def find_mlps(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's MLP, in order.
 
-    Raises ``UnsupportedModelError`` naming the model type for fused or mixture-of-experts
-    MLPs, or when no decoder layers with an ``mlp`` are found.
+    Separate ``gate_proj``/``up_proj``/``down_proj`` (Llama, Mistral, Qwen2, Gemma, …), or a fused
+    ``gate_up_proj`` and ``down_proj`` of a class in ``FUSED_MLPS`` (Phi-3, GLM). Raises
+    ``UnsupportedModelError`` naming the model type for mixture-of-experts MLPs, other fused
+    ones, or when no decoder layers with an ``mlp`` are found.
     """
     mlps = [layer.mlp for layer in find_layers(model)]
     for i, mlp in enumerate(mlps):
-        missing = [s for s in FFN_SITES if not isinstance(getattr(mlp, s, None), nn.Module)]
+        sites = ("down_proj",) if is_fused(mlp) else FFN_SITES
+        missing = [s for s in sites if not isinstance(getattr(mlp, s, None), nn.Module)]
         if missing:
             kind = (
                 "a mixture-of-experts MLP"
                 if hasattr(mlp, "experts")
-                else "a fused gate_up_proj MLP"
-                if hasattr(mlp, "gate_up_proj")
+                else "a fused gate_up_proj MLP whose gate and up halves relspec has not read"
+                if hasattr(mlp, "gate_up_proj") and not is_fused(mlp)
                 else f"an MLP without {', '.join(missing)}"
             )
             raise UnsupportedModelError(
                 f"model type {model_type(model)!r} has {kind} (layer {i}, {type(mlp).__name__}); relspec-hf supports "
-                "Llama-style MLPs with separate gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma, …)"
+                "MLPs with separate gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma, …) and the fused "
+                "gate_up_proj of Phi-3 and GLM"
             )
     return mlps
+
+
+def _mlp_site(mlp: nn.Module, site: str, width: int) -> nn.Module | FusedHalf:
+    """An MLP site's module; a fused MLP's gate_proj and up_proj as halves of its gate_up_proj."""
+    if site == "down_proj" or not is_fused(mlp):
+        return getattr(mlp, site)
+    return FusedHalf(mlp.gate_up_proj, 0 if site == "gate_proj" else width, width)
 
 
 def _attention(model: nn.Module, layer: nn.Module, index: int, site: str) -> nn.Module:
@@ -75,22 +186,47 @@ def _attention(model: nn.Module, layer: nn.Module, index: int, site: str) -> nn.
     )
 
 
-def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.Module]:
-    """The module of each (layer, site), checked: ``UnsupportedModelError`` for MLPs ``find_mlps``
-    refuses (whatever the keys) or a missing site, ``ModelError`` for a layer out of range or a
-    Linear whose output width is not the config's."""
+def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.Module | FusedHalf]:
+    """The module of each (layer, site), checked.
+
+    Args:
+        model: a transformers causal LM (PEFT-wrapped or not).
+        keys: the (layer, site) pairs wanted.
+
+    Returns:
+        Each key's module, in the order of ``keys``; a fused MLP's ``gate_proj`` and ``up_proj``
+        as ``FusedHalf`` (hooks on it see its half; ``channels`` gives the fused rows).
+
+    Raises ``UnsupportedModelError`` for MLPs ``find_mlps`` refuses (whatever the keys) or a missing
+    site, ``ModelError`` for a layer out of range or a Linear whose output width is not the config's.
+
+    Example:
+        >>> from transformers import Phi3Config, Phi3ForCausalLM
+        >>> from relspec_lmeval.modelio.sites import site_modules
+        >>> config = Phi3Config(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+        ...                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        >>> up = site_modules(Phi3ForCausalLM(config), [(0, "up_proj")])[(0, "up_proj")]
+        >>> up.start, up.out_features, up.module.out_features
+        (24, 24, 48)
+    """
     layers = find_layers(model)
     mlps = find_mlps(model)
     shape = model_shape(model)
-    out: dict[SiteKey, nn.Module] = {}
+    out: dict[SiteKey, nn.Module | FusedHalf] = {}
     for layer, site in keys:
         if not 0 <= layer < len(layers):
             raise ModelError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")
-        module = getattr(mlps[layer], site) if site in FFN_SITES else _attention(model, layers[layer], layer, site)
-        width = getattr(module, "out_features", None)
-        if isinstance(width, int) and width != shape.width(site):
+        if site in FFN_SITES:
+            module = _mlp_site(mlps[layer], site, shape.width(site))
+        else:
+            module = _attention(model, layers[layer], layer, site)
+        name, want = site, shape.width(site)
+        if isinstance(module, FusedHalf):  # the fused weight holds both halves
+            name, want = "gate_up_proj", 2 * want
+        width = getattr(module.module if isinstance(module, FusedHalf) else module, "out_features", None)
+        if isinstance(width, int) and width != want:
             raise ModelError(
-                f"layer {layer} {site} has {width} output channels, but the config gives {shape.width(site)}; "
+                f"layer {layer} {name} has {width} output channels, but the config gives {want}; "
                 "relspec cannot place its neurons in this model"
             )
         out[(layer, site)] = module

@@ -4,8 +4,10 @@ The file has a row per unit: ``layer`` (the response name, a module name plus ``
 ``unit`` (the output channel), ``ap`` (its Average Precision for the concept), and more
 (``on_p50``, ``off_mean``, ``uuid``, ``concept``, …). Rows of ``…layers.L.mlp.gate_proj``
 (before the activation), ``up_proj`` and ``down_proj``, and of ``…layers.L.self_attn.q_proj``,
-``k_proj``, ``v_proj``, ``o_proj``, are our sites as they stand; other modules (norms, GPT-2
-names) are skipped and counted. The APs become the set's scores.
+``k_proj``, ``v_proj``, ``o_proj``, are our sites as they stand; a fused ``…mlp.gate_up_proj``
+(Phi-3) unit i is ``gate_proj`` i below the intermediate size I and ``up_proj`` i − I from it
+(``modelio.sites``); other modules (norms, GPT-2 names) are skipped and counted. The APs become
+the set's scores.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from relspec_lmeval.util.suggest import known_list
 
 __all__ = ["read_selfcond"]
 
-_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:mlp|self_attn)\.(gate_proj|up_proj|down_proj|q_proj|k_proj|v_proj|o_proj)(?::0)?$")
+_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:mlp|self_attn)\.(gate_up_proj|gate_proj|up_proj|down_proj|q_proj|k_proj|v_proj|o_proj)(?::0)?$")
 
 _REQUIRED = ("layer", "unit", "ap")
 
@@ -75,11 +77,12 @@ def _read_rows(path: Path, shape: ModelShape) -> tuple[list[tuple[float, Key]], 
                 if not match:
                     skipped[module or "(empty)"] += 1
                     continue
-                key = _row_key(path, line, match, row)
+                key = _row_key(path, line, match, row, shape)
                 ap = _row_ap(path, line, row)
-                check_neuron(path, shape, f"line {line} ({module}, unit {key[2]})", *key)
+                unit = row["unit"].strip()  # as written: a fused row's up_proj index is not its unit
+                check_neuron(path, shape, f"line {line} ({module}, unit {unit})", *key)
                 if key in seen:
-                    raise NeuronSetError(f"{path}: line {line} repeats {module} unit {key[2]} of line {seen[key]}")
+                    raise NeuronSetError(f"{path}: line {line} repeats {module} unit {unit} of line {seen[key]}")
                 seen[key] = line
                 rows.append((ap, key))
                 if row.get("concept"):
@@ -89,7 +92,7 @@ def _read_rows(path: Path, shape: ModelShape) -> tuple[list[tuple[float, Key]], 
     return rows, skipped, concepts
 
 
-def _row_key(path: Path, line: int, match: re.Match, row: dict) -> Key:
+def _row_key(path: Path, line: int, match: re.Match, row: dict, shape: ModelShape) -> Key:
     text = (row.get("unit") or "").strip()
     try:
         value = float(text)
@@ -97,7 +100,16 @@ def _row_key(path: Path, line: int, match: re.Match, row: dict) -> Key:
         value = math.nan
     if not (math.isfinite(value) and value.is_integer()):
         raise NeuronSetError(f"{path}: line {line}: unit {text!r} is not an integer")
-    return int(match.group(1)), match.group(2), int(value)
+    layer, site, unit = int(match.group(1)), match.group(2), int(value)
+    if site == "gate_up_proj":  # a fused MLP's output: gate first, then up (modelio.sites.FUSED_MLPS)
+        width = shape.intermediate_size
+        if not 0 <= unit < 2 * width:
+            raise NeuronSetError(
+                f"{path}: line {line}: layer {layer} gate_up_proj unit {unit} out of range (gate_up_proj has {2 * width} channels, "
+                "twice the model's intermediate_size); is the file for another model?"
+            )
+        site, unit = ("gate_proj", unit) if unit < width else ("up_proj", unit - width)
+    return layer, site, unit
 
 
 def _row_ap(path: Path, line: int, row: dict) -> float:
@@ -117,7 +129,8 @@ def read_selfcond(
 ) -> Converted:
     """selfcond's ``expertise.csv`` (columns ``layer``, ``unit``, ``ap``, …): one set, APs as its scores.
 
-    Rows whose ``layer`` names ``…layers.L.mlp.{gate,up,down}_proj[:0]`` count; others
+    Rows whose ``layer`` names ``…layers.L.mlp.{gate,up,down}_proj[:0]`` (or a fused ``gate_up_proj``,
+    split into its gate and up halves) count; others
     (attention, GPT-2 names) are skipped and counted. Choose the neurons with ``k`` (top by
     AP, ``select="both"``: top and bottom halves), ``threshold`` (AP > T, then ``k`` if given)
     or ``take_all``. The label is ``name``, else the file's single ``concept``, else its stem.

@@ -35,7 +35,7 @@ from relspec_lmeval.errors import ModelError, UnsupportedModelError, UsageError
 from relspec_lmeval.identify.activations import HookedRecorder, Processes, forward_kwargs, input_device
 from relspec_lmeval.identify.methods.registry import LAPE_BAR_RATIO, LAPE_FILTER_RATE, LAPE_SITE, LAPE_TOP_RATE
 from relspec_lmeval.identify.tokens import length_batches, pad_batch
-from relspec_lmeval.modelio.sites import find_mlps
+from relspec_lmeval.modelio.sites import find_mlps, site_modules
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress as progress_bar
 
@@ -183,8 +183,11 @@ class ActiveCountRecorder(HookedRecorder):
         self.mlps = find_mlps(model)
         if len(self.mlps) != layout.num_layers:
             raise ModelError(f"model has {len(self.mlps)} MLP layers, layout expects {layout.num_layers}")
-        for i, mlp in enumerate(self.mlps):
-            if not callable(getattr(mlp, "act_fn", None)):
+        # a fused MLP's gate_proj is the first half of its gate_up_proj (Phi-3 names its activation activation_fn)
+        self.gates = site_modules(model, [(layer, "gate_proj") for layer in range(layout.num_layers)])
+        self.acts = [getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None) for mlp in self.mlps]
+        for i, (mlp, act) in enumerate(zip(self.mlps, self.acts)):
+            if not callable(act):
                 raise UnsupportedModelError(f"layer {i}'s MLP ({type(mlp).__name__}) has no act_fn: LAPE needs act_fn(gate_proj(x))")
         width = layout.intermediate_size
         self.counts = torch.zeros((groups, layout.num_layers * width), dtype=torch.int64, device=self.device)
@@ -195,8 +198,8 @@ class ActiveCountRecorder(HookedRecorder):
         self._group: torch.Tensor | None = None
 
     def install(self) -> None:
-        for layer, mlp in enumerate(self.mlps):
-            self.handles.append(mlp.gate_proj.register_forward_hook(self._hook(layer, mlp.act_fn)))
+        for layer, act in enumerate(self.acts):
+            self.handles.append(self.gates[(layer, "gate_proj")].register_forward_hook(self._hook(layer, act)))
 
     def arm(self, attention_mask: torch.Tensor, group: torch.Tensor) -> None:
         """Prepare for one batch: its mask [batch, tokens] and each prompt's group index [batch]."""
