@@ -69,6 +69,11 @@ import torch  # noqa: E402
 FORMAT = "real_model/2"  # records with per-document values (the first format kept means only)
 
 
+
+def _beside(prefix: Path, suffix: str) -> Path:
+    """PREFIX + suffix (not with_suffix: a prefix such as real_model_qwen2.5-coder-0.5b-instruct has dots)."""
+    return prefix.parent / (prefix.name + suffix)
+
 def measure_all(evaluator: lib.Evaluator, model, shape, scores: dict, *, ks: list[int], seeds: int, site_groups: list[str],
                 site_ks: list[int], log=print) -> Iterator[dict]:
     """Every (sites, k) row's per-document values, row by row: each relation's set, the uniform and the site-matched random sets."""
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads(Path(args.report).read_text(encoding="utf-8"))
         if record.get("format") != FORMAT:
             p.error(f"{args.report} holds no per-document values (not a {FORMAT} record): run the benchmark again")
-        out = Path(args.out or Path(args.report).with_suffix(""))
+        out = Path(args.out or Path(args.report[:-5] if args.report.endswith(".json") else args.report))
         write(with_effects(record, args.resamples, args.bootstrap_seed), out, json_too=False)
         return 0
     if not (args.model and args.sets and args.out):
@@ -226,16 +231,16 @@ def run(args: argparse.Namespace, argv: list[str], out: Path) -> dict:
                            site_ks=site_ks, log=log):
         record["rows"].append(row)
         record["seconds"] = time.perf_counter() - start
-        out.with_suffix(".json").write_text(json.dumps(record) + "\n", encoding="utf-8")  # so far
+        _beside(out, ".json").write_text(json.dumps(record) + "\n", encoding="utf-8")  # so far
     return record
 
 
 def write(record: dict, out: Path, json_too: bool = True) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if json_too:
-        out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(report(record), encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')}" + (f" ({record['seconds'] / 60:.1f} min)" if json_too else ""))
+        _beside(out, ".json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    _beside(out, ".md").write_text(report(record), encoding="utf-8")
+    print(f"wrote {_beside(out, '.md')}" + (f" ({record['seconds'] / 60:.1f} min)" if json_too else ""))
 
 
 def _num(v: float, metric: str) -> str:
