@@ -8,6 +8,15 @@ from pathlib import Path
 
 import pytest
 
+# Before torch loads (its OpenMP runtime reads these once). Waiting threads sleep instead of
+# spinning: with a spinning default, a 2-thread op on 2 shared cores waits a time slice for the
+# core its partner spins on, and a tiny model's identify took 118 s instead of 13 s (a 2-thread
+# identify under another job's load). Subprocesses inherit both; one thread each, as the
+# in-process fixture ``one_thread`` below; results do not depend on it
+# (test_tiny.py::test_identify_gives_the_same_bytes_on_1_and_2_threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Installed wheels load the hook from relspec_lmeval_hook.pth at start-up; a source checkout
 # (``python -m pytest`` from the repo root) loads it here, before any test imports lm-eval.
 import _relspec_lmeval_hook  # noqa: F401
