@@ -107,6 +107,15 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_task_manager():
+    """lm-eval's default ``TaskManager()`` (its own ~15,000 tasks, ours added by the hook), as
+    ``simple_evaluate`` builds when given none: indexing takes 7-10 s, so once per session."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+@pytest.fixture(scope="session")
 def lre_dir() -> Path:
     if not (LRE_DIR / "company_ceo.json").is_file():
         pytest.skip(f"LRE data not found at {LRE_DIR}; set RELSPEC_LRE_DIR")

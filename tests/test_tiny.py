@@ -228,8 +228,9 @@ def test_synthetic_groups_load_the_world():
     assert star[0]["template"] == PAPER_RELATIONS["star_constellation"].t2_templates[0]
 
 
-def test_relspec_tiny_end_to_end_through_lm_eval():
-    """The shipped model recalls its world; its top-10% set of a relation hurts it, a random one barely."""
+def test_relspec_tiny_end_to_end_through_lm_eval(default_task_manager):
+    """The shipped model recalls its world; its top-10% set of a relation hurts it, a random one barely.
+    The three runs share one default task index (what simple_evaluate builds when given none)."""
     from lm_eval import simple_evaluate
 
     relation = "person_plays_instrument"
@@ -237,7 +238,8 @@ def test_relspec_tiny_end_to_end_through_lm_eval():
     acc = {}
     runs = (("original", ""), ("own", f",neuron_set=relspec-tiny/k384/{relation}"), ("random", f",neuron_set={SETS}/k384/random/k384-seed0.safetensors"))
     for name, extra in runs:
-        out = simple_evaluate(model="relspec-hf", model_args=f"pretrained=relspec-tiny{extra}", tasks=[task], device="cpu", batch_size=50)
+        out = simple_evaluate(model="relspec-hf", model_args=f"pretrained=relspec-tiny{extra}", tasks=[task], device="cpu", batch_size=50,
+                              task_manager=default_task_manager)
         acc[name] = out["results"][task]["acc,none"]
     assert acc["original"] >= 0.9
     assert acc["own"] <= 0.5 * acc["original"] and acc["random"] >= 0.9 * acc["original"], acc
