@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of torch; on a GPU machine use e.g. `make test TORCH=torch`.
 TORCH ?= torch==2.13.0
+# `make test` runs pytest twice: pytest-xdist spreads the single-threaded tests over one worker
+# per logical CPU (each test file on one worker, so a module's fixtures are built once), then the
+# tests marked `multicore` (two threads or two processes of their own) run alone, so they keep the
+# cores they were written for. TEST_WORKERS=0 runs the first part in pytest's own process.
+TEST_WORKERS ?= logical
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
@@ -28,4 +33,5 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not multicore"
+	$(PY) -m pytest -q -m multicore

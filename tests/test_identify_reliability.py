@@ -130,6 +130,7 @@ def test_another_batch_size_gives_the_same_sets(world, tmp_path):
                 torch.testing.assert_close(one[key], seven[key], rtol=0, atol=1e-5, msg=key)
 
 
+@pytest.mark.multicore
 def test_two_processes_with_a_partial_cache_write_the_bytes_of_one_fresh_process(world, tmp_path, monkeypatch):
     """The prefill sums are added in batch order for any process count (``Processes.add_in_order``);
     the second process count runs with some answers cached, the first with none."""

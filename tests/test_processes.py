@@ -5,8 +5,9 @@ Identification shards the prompts across processes and sums the statistics
 Evaluation through lm-eval's own data parallelism must give the same metrics. Two processes
 fit the 2-core CI machine; each test starts real processes (tens of seconds). The one-process
 side runs in this process (the same command through ``cli.main``, the same evaluation through
-``simple_evaluate``): what is tested is the launched pair, and an interpreter start plus
-lm-eval's task indexing (~15 s) bought nothing for the reference.
+``simple_evaluate`` on our tasks alone): what is tested is the launched pair, and an
+interpreter start plus the indexing of lm-eval's own 15,000 tasks (~15 s) bought nothing for
+the reference.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.multicore
 
 RELATIONS = "person_plays_instrument,company_ceo"
 SET = "relspec-tiny/k384/person_plays_instrument"
@@ -61,8 +64,9 @@ def _metrics(results: dict) -> dict:
     return {task: {k: v for k, v in entry.items() if k.endswith(",none") and "stderr" not in k} for task, entry in results.items()}
 
 
-def test_lm_eval_with_two_processes_gives_the_same_metrics(two_dirs, default_task_manager, monkeypatch):
+def test_lm_eval_with_two_processes_gives_the_same_metrics(two_dirs, monkeypatch):
     from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
 
     model_args = f"pretrained=relspec-tiny,neuron_set={SET}"
     one, two = two_dirs
@@ -70,7 +74,7 @@ def test_lm_eval_with_two_processes_gives_the_same_metrics(two_dirs, default_tas
         mp.chdir(one)
         mp.setenv("RELSPEC_CACHE_DIR", str(one / "cache"))
         out = simple_evaluate(model="relspec-hf", model_args=model_args, tasks=TASKS.split(","), batch_size=16, limit=40,
-                              device="cpu", task_manager=default_task_manager)
+                              device="cpu", task_manager=TaskManager(include_defaults=False))  # ours (the hook): the same task configs
     _launch_two(["lm_eval", "--model", "relspec-hf", "--model_args", model_args, "--tasks", TASKS, "--batch_size", "16",
                  "--limit", "40", "--output_path", "out"], two)
     (path,) = (two / "out").rglob("results_*.json")

@@ -151,6 +151,7 @@ def _identify_tiny(out: Path, **kw):
     return identify(IdentifyConfig(out=str(out), **{**base, **kw}))
 
 
+@pytest.mark.multicore
 def test_identify_gives_the_same_bytes_on_1_and_2_threads(tmp_path):
     import torch
 
