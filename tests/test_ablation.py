@@ -107,9 +107,11 @@ def test_bad_modes(mode, factor, message):
 
 
 def test_unsupported_architectures_name_the_model_type():
-    from transformers import MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM, Phi3Config, Phi3ForCausalLM, PhimoeConfig, PhimoeForCausalLM
 
     small = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4)
     assert len(find_mlps(Phi3ForCausalLM(Phi3Config(**small, pad_token_id=0)))) == 1  # fused, read in halves (test_fused_mlp.py)
-    with pytest.raises(UnsupportedModelError, match=r"'mixtral' has a mixture-of-experts MLP"):
-        find_mlps(MixtralForCausalLM(MixtralConfig(**small, num_local_experts=2)))
+    assert len(find_mlps(MixtralForCausalLM(MixtralConfig(**small, num_local_experts=2)))) == 1  # grouped experts (test_moe.py)
+    with pytest.raises(UnsupportedModelError, match=r"'phimoe' has a mixture-of-experts MLP of a kind relspec has not read "
+                                                      r"\(layer 0, PhimoeSparseMoeBlock\)"):  # its router is sparsemixer's
+        find_mlps(PhimoeForCausalLM(PhimoeConfig(**small, num_local_experts=2)))

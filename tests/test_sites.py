@@ -20,11 +20,12 @@ from relspec_lmeval.lm.ablation import AblationSpec, ablated
 from relspec_lmeval.lm.export import ExportConfig, export_checkpoint
 from relspec_lmeval.modelio.sites import site_modules
 from relspec_lmeval.sets.neuron_set import NeuronSet
-from relspec_lmeval.sets.shape import DEFAULT_SITES, FFN_SITES, SITES, ModelShape, parse_sites
+from relspec_lmeval.sets.shape import DEFAULT_SITES, FFN_SITES, MOE_SITES, SITES, ModelShape, parse_sites
 
 GQA = dict(num_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
 NEURONS = {(0, "q_proj"): [0, 31], (0, "k_proj"): [15], (0, "v_proj"): [1, 2, 3], (1, "o_proj"): [7, 8], (1, "down_proj"): [4]}
 IDS = torch.randint(3, 50, (2, 7), generator=torch.Generator().manual_seed(1))
+DENSE = tuple(s for s in SITES if s not in MOE_SITES)  # every site of a dense model (test_moe.py: the experts')
 
 
 def gqa_model(attention_bias: bool = False, seed: int = 0) -> LlamaForCausalLM:
@@ -47,9 +48,9 @@ def test_default_flat_order_is_unchanged_and_attention_widths_follow_the_heads()
     assert ffn.sites == DEFAULT_SITES == FFN_SITES and ffn.per_layer == 2 * 64 + 32
     assert [ffn.offset(1, s) for s in FFN_SITES] == [160, 224, 288]  # what every earlier file used
     assert ffn.metadata() == {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64}  # no new keys: same bytes
-    every = ModelShape(**GQA, sites=tuple(reversed(SITES)))  # given in any order, kept in forward order
-    assert every.sites == SITES
-    assert [every.width(s) for s in SITES] == [32, 16, 16, 32, 64, 64, 32]
+    every = ModelShape(**GQA, sites=tuple(reversed(DENSE)))  # given in any order, kept in forward order
+    assert every.sites == DENSE
+    assert [every.width(s) for s in DENSE] == [32, 16, 16, 32, 64, 64, 32]
     assert every.per_layer == 256 and every.total == 512 and every.offset(1, "gate_proj") == 256 + 96
     keys = [(layer, SITES.index(site), i) for layer, site, _, width in every.blocks() for i in range(width)]
     assert keys == sorted(keys) and len(keys) == every.total  # sorting by flat index is sorting by (layer, site, index)
@@ -94,7 +95,7 @@ def test_parse_sites_names_what_exists():
 
 
 def test_set_file_stores_attention_sites_and_validates_them(tmp_path):
-    s = NeuronSet(NEURONS, {"model": ModelShape(**GQA, sites=SITES).metadata()})
+    s = NeuronSet(NEURONS, {"model": ModelShape(**GQA, sites=DENSE).metadata()})
     loaded = NeuronSet.load(s.save(tmp_path / "a.safetensors"))
     assert loaded.keys() == s.keys() and list(loaded.neurons) == sorted(NEURONS, key=lambda k: (k[0], SITES.index(k[1])))
     assert loaded.count_per_site() == {"q_proj": 2, "k_proj": 1, "v_proj": 3, "o_proj": 2, "gate_proj": 0, "up_proj": 0, "down_proj": 1}
@@ -193,7 +194,7 @@ def test_site_width_is_checked_against_the_config():
 def test_export_writes_the_edited_attention_rows(tmp_path):
     build_tiny_llama(tmp_path / "m", kv_heads=2)
     config = AutoConfig.from_pretrained(tmp_path / "m")
-    neuron_set = NeuronSet(NEURONS, {"model": ModelShape.from_config(config, SITES).metadata()})
+    neuron_set = NeuronSet(NEURONS, {"model": ModelShape.from_config(config, DENSE).metadata()})
     path = neuron_set.save(tmp_path / "a.safetensors")
     target, count = export_checkpoint(ExportConfig(model=str(tmp_path / "m"), neuron_set=str(path), out=str(tmp_path / "x")))
     assert count == len(neuron_set) == 9
@@ -223,7 +224,7 @@ def test_export_refuses_a_biased_site_before_the_weights_load(tmp_path, monkeypa
 def test_cli_sites_errors_are_one_line_before_the_model_loads(tiny_llama_dir, lre_env, tmp_path, capsys):
     base = ["identify", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"), "--no-filter", "--quiet"]
     for extra, message in [
-        (["--sites", "q_prj"], "--sites: unknown site 'q_prj'; sites are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. Did you mean 'q_proj'?"),
+        (["--sites", "q_prj"], "--sites: unknown site 'q_prj'; sites are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, shared_expert.gate_proj"),
         (["--sites", "k_proj", "--method", "lape"], "--method lape scores the activation act_fn(gate_proj)"),
         (["--sites", "k_proj", "--k", "99999"], "--k 99999 is larger than the 64 neurons of"),
     ]:

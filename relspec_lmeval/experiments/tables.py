@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.experiments.study import BASELINE, NA, Condition, Row, Study, mean_present, relative_drop, value
-from relspec_lmeval.sets.shape import FFN_SITES, SITES
+from relspec_lmeval.sets.shape import EXPERT_SITES, FFN_SITES, MOE_SITES, SITES
 from relspec_lmeval.util.files import atomic_write_text
 
 __all__ = [
@@ -28,7 +28,8 @@ def row_sites(rows: list[Row]) -> list[str]:
 def layer_rows(study: Study) -> list[Row]:
     """Fig. 1: per relation and layer, its set's neurons per site, their total and the share of the set in that layer."""
     present = {site for r in study.relations for counts in study.sets[r].per_layer.values() for site in counts}
-    sites = [s for s in SITES if s in FFN_SITES or s in present]
+    always = EXPERT_SITES if present & set(MOE_SITES) else FFN_SITES  # a mixture-of-experts model has no gate_proj, …
+    sites = [s for s in SITES if s in always or s in present]
     rows = []
     for r in study.relations:
         stats = study.sets[r]

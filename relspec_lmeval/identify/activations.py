@@ -5,7 +5,9 @@ included, padding excluded through the attention mask). One forward hook per (la
 site) of the layout (``ModelShape.sites``: the FFN's by default, attention projections when
 asked) turns the [batch, tokens, width] output into [batch, width] means with one batched
 matmul against the mask and writes them into a [batch, neurons] buffer: no Python loop
-over neurons, prompts or tokens.
+over neurons, prompts or tokens. A routed experts' site (``modelio.moe.ExpertSite``) is given each
+expert's outputs at its tokens: a neuron's value is its mean over the prompt's tokens routed to its
+expert, 0 for a prompt none of whose tokens is (``modelio.moe.routed_means``).
 
 Two passes use it: ``activation_matrix`` (right-padded forward, one row per prompt: what AP
 is computed from) and ``generate_with_means`` (left-padded greedy generation for the
@@ -33,6 +35,8 @@ from torch import nn
 from relspec_lmeval.errors import ModelError
 from relspec_lmeval.identify.early_stop import forward_until, stop_after
 from relspec_lmeval.identify.tokens import length_batches, pad_batch, pad_token_id
+from relspec_lmeval.modelio.moe import ExpertSite
+from relspec_lmeval.modelio.routing import Routed, routed_means
 from relspec_lmeval.modelio.sites import find_layers, site_modules
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.progress import progress
@@ -180,7 +184,9 @@ class ActivationRecorder(HookedRecorder):
 
     def install(self) -> None:
         for layer, site, offset, width in self.layout.blocks():
-            self.handles.append(self.modules[(layer, site)].register_forward_hook(self._hook(offset, width)))
+            module = self.modules[(layer, site)]
+            hook = self._routed_hook(offset, module) if isinstance(module, ExpertSite) else self._hook(offset, width)
+            self.handles.append(module.register_forward_hook(hook))
 
     @property
     def last_module(self) -> nn.Module:
@@ -225,6 +231,18 @@ class ActivationRecorder(HookedRecorder):
             means = torch.bmm(mask, out.to(self.dtype)).squeeze(1) * inverse_length  # [batch, width]
             self.buffer[: out.shape[0], offset : offset + width].copy_(means, non_blocking=True)
             return None
+
+        return hook
+
+    def _routed_hook(self, offset: int, site: ExpertSite) -> Callable:
+        def hook(module: nn.Module, args: Any, routed: Routed) -> None:
+            assert self._mask is not None and self.buffer is not None
+            if offset not in self._pending or routed.num_tokens != self._mask.numel():
+                return  # recorded already, or not the prompt's forward (a decoding step)
+            self._pending.discard(offset)
+            mask = self._mask.to(device=self.buffer.device, dtype=self.dtype)
+            means = routed_means(routed, mask, site.width, site.num_experts)
+            self.buffer[: mask.shape[0], offset : offset + site.out_features].copy_(means, non_blocking=True)
 
         return hook
 

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from relspec_lmeval import __version__
-from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError
+from relspec_lmeval.errors import DataError, ModelError, NeuronSetError, OutputError, UnsupportedModelError
 from relspec_lmeval.identify.activations import Processes, activation_matrix
 from relspec_lmeval.identify.answer_cache import AnswerCache, model_fingerprint
 from relspec_lmeval.identify.chat import chat_prompts, chat_record
@@ -120,6 +120,9 @@ def _prepare(cfg: IdentifyConfig) -> _Run:
         raise DataError(f"no relations found in --data {cfg.data!r}")
     config = load_config(cfg.model, cfg.revision, cfg.gguf_file, cfg.progress)
     shape = ModelShape.from_config(config, cfg.site_names)
+    if shape.is_moe and METHODS[cfg.method].needs == "active-counts":  # LAPE's neurons are a dense MLP's gate_proj channels
+        raise UnsupportedModelError(f"--method {cfg.method} counts a dense MLP's gate_proj activations; {shape.model_type!r} is a "
+                                    "mixture-of-experts model: use --method ap, auroc or mean-diff")
     if cfg.k > shape.total:
         raise NeuronSetError(f"--k {cfg.k} is larger than the {shape.total} neurons of {cfg.model!r} at {', '.join(shape.sites)}")
     model_block = model_metadata(config, cfg.model, cfg.revision, gguf_file=cfg.gguf_file, sites=shape.sites)

@@ -10,9 +10,9 @@ from typing import Any
 from relspec_lmeval.identify.pool import Pool
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.neuron_set import NeuronSet
-from relspec_lmeval.sets.shape import ModelShape
+from relspec_lmeval.sets.shape import EXPERT_SITES, ModelShape
 
-__all__ = ["RelationResult", "build_summary", "environment", "format_table", "kept_results"]
+__all__ = ["RelationResult", "build_summary", "count_per_expert", "environment", "format_table", "kept_results"]
 
 
 def environment(device: Any) -> dict[str, Any]:
@@ -54,6 +54,33 @@ def kept_results(folder: SetsFolder, entries: Mapping[str, Mapping[str, Any]]) -
     ]
 
 
+def count_per_expert(neuron_set: NeuronSet, shape: ModelShape) -> list[list[int]]:
+    """A mixture-of-experts set's neurons in each routed expert: one row per layer, one count per expert
+    (``experts.gate_proj``, ``up_proj`` and ``down_proj`` together; a shared expert's are not routed).
+
+    Args:
+        neuron_set: the set.
+        shape: its model's (``shape.is_moe``).
+
+    Returns:
+        ``counts[layer][expert]``.
+
+    Example:
+        >>> from relspec_lmeval import ModelShape, NeuronSet
+        >>> from relspec_lmeval.identify.summary import count_per_expert
+        >>> shape = ModelShape(1, 4, 3, num_experts=2, expert_intermediate_size=3, sites=("experts.up_proj", "experts.down_proj"))
+        >>> count_per_expert(NeuronSet.from_keys([(0, "experts.up_proj", 4), (0, "experts.down_proj", 1)]), shape)
+        [[1, 1]]
+    """
+    counts = [[0] * int(shape.num_experts or 0) for _ in range(shape.num_layers)]
+    for (layer, site), index in neuron_set.neurons.items():
+        if site in EXPERT_SITES:
+            width = shape.expert_width(site)
+            for i in index.tolist():
+                counts[layer][i // width] += 1
+    return counts
+
+
 def build_summary(
     results: Sequence[RelationResult], pool: Pool, model_block: Mapping[str, Any], parameters: Mapping[str, Any],
     command: str | None, shape: ModelShape,
@@ -76,6 +103,8 @@ def build_summary(
                 set_file=r.set_path.name if r.set_path else None,
                 scores_file=f"scores/{r.scores_path.name}" if r.scores_path else None,
             )
+            if shape.is_moe:  # which experts hold the relation's neurons (docs/identification.md)
+                entry["count_per_expert"] = count_per_expert(r.neuron_set, shape)
         relations[r.relation] = entry
     sets = {r.relation: r.neuron_set for r in results if r.neuron_set is not None}
     overlaps = {a: {b: sets[a].overlap(sets[b]) for b in sets} for a in sets}

@@ -30,6 +30,7 @@ from relspec_lmeval.lm.overflow import (
     probe_finite,
 )
 from relspec_lmeval.lm.positions import PositionMask, check_positions
+from relspec_lmeval.modelio.moe import FlatSite, GroupedProj, register_channel_hook
 from relspec_lmeval.modelio.sites import channels, find_mlps, model_shape, site_modules
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
@@ -97,6 +98,10 @@ def _parse_factor(value: object) -> float:
 
 def _weight_editable(module: nn.Module) -> bool:
     """True where zeroing/scaling a weight row equals zeroing/scaling the output channel."""
+    if isinstance(module, FlatSite):  # a shared expert's Linear (modelio.moe)
+        module = module.linear
+    if isinstance(module, GroupedProj):  # grouped experts: rows of a bias-free 3-D parameter
+        return module.weight_editable
     if type(module) is not nn.Linear or module.bias is not None:
         return False  # subclasses: LoRA, bitsandbytes, … ; a bias would survive the edit
     weight = module.weight
@@ -258,7 +263,8 @@ def apply_ablation(
                 ablation.weight_edits.append((module, rows, saved))
             else:
                 values = {"mean": neuron_set.means, "dampen": neuron_set.factors}.get(spec.mode, {}).get((layer, site))
-                ablation.hooks.append(module.register_forward_hook(_output_hook(index, spec, values, masked)))
+                # grouped experts: one edit per expert, of its tokens' outputs (modelio.moe)
+                ablation.hooks.append(register_channel_hook(module, index, values, masked, lambda i, v, p: _output_hook(i, spec, v, p)))
         if probed and probe_finite(model, masked) is False:
             factor = f" factor={spec.factor:g}" if spec.mode == "scale" else f" with factors up to {largest_factor(neuron_set):g}"
             raise NeuronSetError(

@@ -10,6 +10,10 @@ chunked into gate, then up) keeps the names: ``gate_proj`` neuron i is its outpu
 ``up_proj`` neuron i its channel intermediate + i. ``site_modules`` gives such a half as a
 ``FusedHalf`` (the module and where the half starts), whose forward hooks see the half alone;
 ``channels`` turns a site and its neuron indices into the module and its own output channels.
+
+A mixture-of-experts MLP (``modelio.moe``: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) has the sites
+``experts.gate_proj``/``up_proj``/``down_proj`` (``ExpertSite``: the grouped expert tensors, neuron
+``e * width + c`` channel c of expert e) and, in Qwen2-MoE, ``shared_expert.*`` (``FlatSite``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch
 from torch import nn
 
 from relspec_lmeval.errors import ModelError, UnsupportedModelError
-from relspec_lmeval.sets.shape import ATTENTION_SITES, FFN_SITES, ModelShape, SiteKey
+from relspec_lmeval.modelio.moe import ExpertSite, is_moe, moe_site
+from relspec_lmeval.sets.shape import ATTENTION_SITES, FFN_SITES, MOE_SITES, ModelShape, SiteKey
 
 __all__ = [
     "FUSED_MLPS", "FusedHalf", "base_model", "channels", "find_layers", "find_mlps", "is_fused", "model_shape", "model_type",
@@ -97,7 +102,8 @@ def channels(module: nn.Module | FusedHalf, index: torch.Tensor) -> tuple[nn.Mod
 
     Returns:
         ``(module, index)`` as given for a plain site; for a ``FusedHalf`` the fused module and
-        ``index + start`` (its rows of the fused weight).
+        ``index + start`` (its rows of the fused weight); for an ``ExpertSite`` its ``GroupedProj``
+        and the neurons' rows of the grouped weight (``ExpertSite.rows``).
 
     Example:
         >>> import torch
@@ -110,6 +116,8 @@ def channels(module: nn.Module | FusedHalf, index: torch.Tensor) -> tuple[nn.Mod
     """
     if isinstance(module, FusedHalf):
         return module.module, index + module.start
+    if isinstance(module, ExpertSite):
+        return module.proj, module.rows(index)
     return module, index
 
 
@@ -139,17 +147,24 @@ def find_mlps(model: nn.Module) -> list[nn.Module]:
     """Each decoder layer's MLP, in order.
 
     Separate ``gate_proj``/``up_proj``/``down_proj`` (Llama, Mistral, Qwen2, Gemma, …), or a fused
-    ``gate_up_proj`` and ``down_proj`` of a class in ``FUSED_MLPS`` (Phi-3, GLM). Raises
-    ``UnsupportedModelError`` naming the model type for mixture-of-experts MLPs, other fused
-    ones, or when no decoder layers with an ``mlp`` are found.
+    ``gate_up_proj`` and ``down_proj`` of a class in ``FUSED_MLPS`` (Phi-3, GLM), or every layer a
+    mixture-of-experts block of ``modelio.moe.MOE_BLOCKS`` (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE).
+    Raises ``UnsupportedModelError`` naming the model type for other mixture-of-experts MLPs, dense
+    layers mixed with sparse ones, other fused ones, or when no decoder layers with an ``mlp`` are found.
     """
     mlps = [layer.mlp for layer in find_layers(model)]
+    sparse = [is_moe(mlp) for mlp in mlps]
+    if any(sparse) and not all(sparse):
+        raise UnsupportedModelError(
+            f"model type {model_type(model)!r} mixes dense MLPs (layer {sparse.index(False)}) with mixture-of-experts ones "
+            f"(layer {sparse.index(True)}); relspec needs every layer's MLP of one kind"
+        )
     for i, mlp in enumerate(mlps):
-        sites = ("down_proj",) if is_fused(mlp) else FFN_SITES
+        sites = () if sparse[i] else ("down_proj",) if is_fused(mlp) else FFN_SITES
         missing = [s for s in sites if not isinstance(getattr(mlp, s, None), nn.Module)]
         if missing:
             kind = (
-                "a mixture-of-experts MLP"
+                "a mixture-of-experts MLP of a kind relspec has not read"
                 if hasattr(mlp, "experts")
                 else "a fused gate_up_proj MLP whose gate and up halves relspec has not read"
                 if hasattr(mlp, "gate_up_proj") and not is_fused(mlp)
@@ -157,8 +172,8 @@ def find_mlps(model: nn.Module) -> list[nn.Module]:
             )
             raise UnsupportedModelError(
                 f"model type {model_type(model)!r} has {kind} (layer {i}, {type(mlp).__name__}); relspec-hf supports "
-                "MLPs with separate gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma, …) and the fused "
-                "gate_up_proj of Phi-3 and GLM"
+                "MLPs with separate gate_proj/up_proj/down_proj (Llama, Mistral, Qwen2, Gemma, …), the fused "
+                "gate_up_proj of Phi-3 and GLM, and the grouped experts of Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE"
             )
     return mlps
 
@@ -216,13 +231,19 @@ def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.
     for layer, site in keys:
         if not 0 <= layer < len(layers):
             raise ModelError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")
-        if site in FFN_SITES:
+        if is_moe(mlps[layer]) and site not in ATTENTION_SITES:
+            module = moe_site(mlps[layer], layer, site, shape, model_type(model))
+        elif site in FFN_SITES:
             module = _mlp_site(mlps[layer], site, shape.width(site))
+        elif site in MOE_SITES:
+            raise UnsupportedModelError(f"model type {model_type(model)!r} is not a mixture-of-experts model: it has no {site}")
         else:
             module = _attention(model, layers[layer], layer, site)
         name, want = site, shape.width(site)
         if isinstance(module, FusedHalf):  # the fused weight holds both halves
             name, want = "gate_up_proj", 2 * want
+        if isinstance(module, ExpertSite):  # its grouped tensors' shapes: checked by _moe_site
+            want = module.out_features
         width = getattr(module.module if isinstance(module, FusedHalf) else module, "out_features", None)
         if isinstance(width, int) and width != want:
             raise ModelError(

@@ -121,7 +121,7 @@ def site_tensors(path: Path, tensors: Mapping[str, torch.Tensor], kinds: tuple[s
     Only the canonical spelling is read: L in ASCII digits without leading zeros (``layers.0``,
     ``layers.12``), a known site and kind, nothing before or after. ``layers.00`` and ``layers.0``
     would otherwise name the same site and one of the two would be dropped without a word."""
-    pattern = re.compile(rf"layers\.(0|[1-9][0-9]*)\.({'|'.join(SITES)})\.({'|'.join(kinds)})", re.ASCII)
+    pattern = re.compile(rf"layers\.(0|[1-9][0-9]*)\.({'|'.join(map(re.escape, SITES))})\.({'|'.join(kinds)})", re.ASCII)
     parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {kind: {} for kind in kinds}
     for name, tensor in tensors.items():
         match = pattern.fullmatch(name)

@@ -29,7 +29,7 @@ import torch
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
-from relspec_lmeval.sets.shape import ATTENTION_KEYS, FFN_SITES, SHAPE_KEYS, SITES, ModelShape, SiteKey
+from relspec_lmeval.sets.shape import ATTENTION_KEYS, EXPERT_SITES, FFN_SITES, MOE_KEYS, MOE_SITES, SHAPE_KEYS, SITES, ModelShape, SiteKey
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
@@ -130,9 +130,10 @@ class NeuronSet:
         return {(layer, site, int(i)) for (layer, site), idx in self.neurons.items() for i in idx.tolist()}
 
     def counted_sites(self) -> tuple[str, ...]:
-        """The sites counts are reported for: the FFN's always, an attention site when the set has one."""
+        """The sites counts are reported for: the FFN's always (a mixture-of-experts set's: the experts'), any other the set has."""
         present = {site for _, site in self.neurons}
-        return tuple(s for s in SITES if s in FFN_SITES or s in present)
+        always = EXPERT_SITES if present & set(MOE_SITES) else FFN_SITES
+        return tuple(s for s in SITES if s in always or s in present)
 
     def count_per_layer(self) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {}
@@ -157,7 +158,7 @@ class NeuronSet:
         recorded = self.metadata.get("model")
         if recorded is not None and not isinstance(recorded, Mapping):
             raise NeuronSetError(f"{self._label()}: metadata 'model' must be an object, got {type(recorded).__name__}")
-        for key in (*SHAPE_KEYS, *ATTENTION_KEYS):  # attention widths: where both the file and the shape know them
+        for key in (*SHAPE_KEYS, *ATTENTION_KEYS, *MOE_KEYS):  # attention and expert widths: where both file and shape know them
             want = getattr(shape, key)
             have = (recorded or {}).get(key)
             if have is None or want is None:

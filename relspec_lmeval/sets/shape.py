@@ -9,6 +9,12 @@ attention projections, then gate, up, down), each ``width(site)`` channels. Sort
 index is sorting by (layer, site, index): the documented tie-break of every ranking, so one
 stable sort does a whole selection. With the default sites the order is the one every
 earlier file used (gate, up, down per layer).
+
+A mixture-of-experts model (``MOE_SITES``) has no ``gate_proj``/``up_proj``/``down_proj`` of its
+own: its FFN sites are ``experts.gate_proj``, ``experts.up_proj`` and ``experts.down_proj`` (the
+routed experts' grouped tensors, ``num_experts`` × the per-expert width, expert by expert: neuron
+``e * width + c`` is channel ``c`` of expert ``e``) and, where the model has one (Qwen2-MoE),
+``shared_expert.gate_proj``/``up_proj``/``down_proj``; these are its default sites.
 """
 
 from __future__ import annotations
@@ -26,18 +32,23 @@ if TYPE_CHECKING:  # torch loads where tensors are handled: parsing flags (relsp
     import torch
 
 __all__ = [
-    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "FFN_SITES", "SHAPE_KEYS", "SITES", "ModelShape", "SELECT_MODES", "SiteKey",
-    "config_fingerprint", "model_metadata", "parse_sites",
+    "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "EXPERT_SITES", "FFN_SITES", "MOE_KEYS", "MOE_SITES", "SHAPE_KEYS",
+    "SHARED_SITES", "SITES", "ModelShape", "SELECT_MODES", "SiteKey", "config_fingerprint", "model_metadata", "parse_sites",
 ]
 
 FFN_SITES = ("gate_proj", "up_proj", "down_proj")
 ATTENTION_SITES = ("q_proj", "k_proj", "v_proj", "o_proj")
-SITES = ATTENTION_SITES + FFN_SITES  # every site a set may name, in the order they run in a decoder layer
+SHARED_SITES = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj")  # Qwen2-MoE's shared expert
+EXPERT_SITES = ("experts.gate_proj", "experts.up_proj", "experts.down_proj")  # the routed experts, grouped (modelio.moe)
+MOE_SITES = SHARED_SITES + EXPERT_SITES  # a mixture-of-experts MLP's sites (Qwen2-MoE runs its shared expert first)
+SITES = ATTENTION_SITES + FFN_SITES + MOE_SITES  # every site a set may name, in the order they run in a decoder layer
 DEFAULT_SITES = FFN_SITES  # what identification scores unless told otherwise (the paper's)
 SiteKey = tuple[int, str]  # (layer, site name): a site of one decoder layer, the key of per-site neurons, scores, means
 SHAPE_KEYS = ("num_layers", "hidden_size", "intermediate_size")  # the recorded shape in a file's ``model`` block
 # recorded too when a file has attention sites: the widths of q_proj (heads × head_dim) and k/v_proj (kv heads × head_dim)
 ATTENTION_KEYS = ("num_attention_heads", "num_key_value_heads", "head_dim")
+# recorded too when a file has mixture-of-experts sites: the routed experts and their width, the shared expert's width
+MOE_KEYS = ("num_experts", "expert_intermediate_size", "shared_expert_intermediate_size")
 SELECT_MODES = ("top", "both")  # a cut of the flat order: the top k, or top k/2 + bottom k/2 (sets.scores; here: torch-free)
 
 
@@ -71,6 +82,8 @@ class ModelShape:
         model_type: informative.
         num_attention_heads, num_key_value_heads, head_dim: the attention's widths (needed for
             attention sites).
+        num_experts, expert_intermediate_size, shared_expert_intermediate_size: a
+            mixture-of-experts MLP's (needed for ``MOE_SITES``).
         sites: the sites of the flat order, in forward order (default: the FFN's three).
 
     ``model_type`` is informative. Two shapes are equal when they give the same flat order:
@@ -94,12 +107,15 @@ class ModelShape:
     num_key_value_heads: int | None = None
     head_dim: int | None = None
     sites: tuple[str, ...] = field(default=DEFAULT_SITES)
+    num_experts: int | None = None
+    expert_intermediate_size: int | None = None
+    shared_expert_intermediate_size: int | None = None
 
     def __post_init__(self) -> None:
         for key in SHAPE_KEYS:
             if not _positive(getattr(self, key)):
                 raise NeuronSetError(f"model shape: {key} must be a positive integer, got {getattr(self, key)!r}")
-        for key in ATTENTION_KEYS:
+        for key in (*ATTENTION_KEYS, *MOE_KEYS):
             value = getattr(self, key)
             if value is not None and not _positive(value):
                 raise NeuronSetError(f"model shape: {key} must be a positive integer, got {value!r}")
@@ -110,6 +126,9 @@ class ModelShape:
         object.__setattr__(self, "sites", tuple(s for s in SITES if s in sites))  # always in forward order
         if self.has_attention_sites and not self.has_attention_widths:
             raise NeuronSetError(f"model shape: attention sites need {', '.join(ATTENTION_KEYS)}")
+        for site in self.sites:
+            if site in MOE_SITES:
+                self.width(site)  # the widths it needs are there
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -125,7 +144,8 @@ class ModelShape:
         heads = getattr(config, "num_attention_heads", None)
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or (int(config.hidden_size) // int(heads) if heads else None)
-        sites = tuple(sites)
+        moe = _moe_widths(config, kind)
+        sites = _ffn_sites(tuple(sites), moe, kind)
         if any(s in ATTENTION_SITES for s in sites) and not heads:
             raise UnsupportedModelError(f"model type {kind!r} has no num_attention_heads in its config: no attention sites to score")
         return cls(
@@ -137,6 +157,7 @@ class ModelShape:
             num_key_value_heads=int(kv_heads) if kv_heads else None,
             head_dim=int(head_dim) if head_dim else None,
             sites=sites,
+            **moe,
         )
 
     @classmethod
@@ -153,14 +174,17 @@ class ModelShape:
         sites = block.get("sites", list(DEFAULT_SITES))
         if not isinstance(sites, list) or not sites or any(s not in SITES for s in sites) or len(set(sites)) != len(sites):
             raise NeuronSetError(f"{where}: metadata model.sites must be a list of distinct names out of {', '.join(SITES)}, got {sites!r}")
-        for key in ATTENTION_KEYS:
+        for key in (*ATTENTION_KEYS, *MOE_KEYS):
             value = block.get(key)
-            if value is None and any(s in ATTENTION_SITES for s in sites):
+            if value is None and key in ATTENTION_KEYS and any(s in ATTENTION_SITES for s in sites):
                 raise NeuronSetError(f"{where}: metadata model.{key} is needed for the attention sites {sites}")
             if value is not None and not _positive(value):
                 raise NeuronSetError(f"{where}: metadata model.{key} must be a positive integer, got {value!r}")
             values[key] = value
-        return cls(**values, model_type=str(block.get("model_type") or "unknown"), sites=tuple(sites))
+        try:
+            return cls(**values, model_type=str(block.get("model_type") or "unknown"), sites=tuple(sites))
+        except NeuronSetError as exc:  # a mixture-of-experts site without its widths
+            raise NeuronSetError(f"{where}: metadata {exc}") from None
 
     def with_sites(self, sites: Iterable[str]) -> ModelShape:
         """The same model with the flat order over other sites."""
@@ -169,7 +193,8 @@ class ModelShape:
     # ---- equality ----------------------------------------------------------------------
     def _key(self) -> tuple:
         attention = tuple(getattr(self, k) for k in ATTENTION_KEYS) if self.has_attention_sites else ()
-        return (self.num_layers, self.hidden_size, self.intermediate_size, self.sites, attention)
+        experts = tuple(getattr(self, k) for k in MOE_KEYS) if self.has_moe_sites else ()
+        return (self.num_layers, self.hidden_size, self.intermediate_size, self.sites, attention, experts)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ModelShape) and self._key() == other._key()
@@ -186,18 +211,46 @@ class ModelShape:
     def has_attention_widths(self) -> bool:
         return all(getattr(self, k) is not None for k in ATTENTION_KEYS)
 
+    @property
+    def has_moe_sites(self) -> bool:
+        return any(s in MOE_SITES for s in self.sites)
+
+    @property
+    def is_moe(self) -> bool:
+        """A mixture-of-experts model (its FFN sites are ``MOE_SITES``)."""
+        return self.num_experts is not None
+
+    def expert_width(self, site: str) -> int:
+        """One routed expert's channels at an ``experts.*`` site (its neuron ``e * expert_width + c``)."""
+        if site not in EXPERT_SITES:
+            raise NeuronSetError(f"{site} is not a routed experts' site ({', '.join(EXPERT_SITES)})")
+        return self.width(site) // int(self.num_experts)  # type: ignore[arg-type]
+
     def width(self, site: str) -> int:
         """Number of neurons at one site of one layer (any site, whether or not in ``sites``)."""
         if site in ("down_proj", "o_proj"):
             return self.hidden_size
         if site in ("gate_proj", "up_proj"):
             return self.intermediate_size
+        if site in MOE_SITES:
+            return self._moe_width(site)
         if site not in ATTENTION_SITES:
             raise NeuronSetError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
         if not self.has_attention_widths:
             raise NeuronSetError(f"{site}: this model shape records no attention widths ({', '.join(ATTENTION_KEYS)})")
         heads = self.num_attention_heads if site == "q_proj" else self.num_key_value_heads
         return int(heads) * int(self.head_dim)  # type: ignore[arg-type]
+
+    def _moe_width(self, site: str) -> int:
+        part = site.split(".")[1]
+        if site in SHARED_SITES:
+            inner = self.shared_expert_intermediate_size
+            if inner is None:
+                raise NeuronSetError(f"{site}: this model shape records no shared expert (shared_expert_intermediate_size)")
+            return self.hidden_size if part == "down_proj" else int(inner)
+        if self.num_experts is None or self.expert_intermediate_size is None:
+            raise NeuronSetError(f"{site}: this model shape records no experts (num_experts, expert_intermediate_size)")
+        return self.num_experts * (self.hidden_size if part == "down_proj" else self.expert_intermediate_size)
 
     @property
     def per_layer(self) -> int:
@@ -257,7 +310,50 @@ class ModelShape:
             block["sites"] = list(self.sites)
         if self.has_attention_sites:
             block.update({key: getattr(self, key) for key in ATTENTION_KEYS})
+        if self.has_moe_sites:
+            block.update({key: getattr(self, key) for key in MOE_KEYS if getattr(self, key) is not None})
         return block
+
+
+def _moe_widths(config: Any, kind: str) -> dict[str, int | None]:
+    """A mixture-of-experts config's ``MOE_KEYS`` (all None for a dense one). Mixtral and OLMoE give
+    an expert's width as ``intermediate_size``, Qwen2-MoE/Qwen3-MoE as ``moe_intermediate_size``
+    (their ``intermediate_size`` is a dense layer's, which relspec refuses to mix with sparse ones)."""
+    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    if not _positive(experts):
+        return dict.fromkeys(MOE_KEYS)
+    dense = list(getattr(config, "mlp_only_layers", None) or [])
+    step = getattr(config, "decoder_sparse_step", 1)
+    if dense or step not in (None, 1):
+        raise UnsupportedModelError(
+            f"model type {kind!r} mixes dense and mixture-of-experts layers (mlp_only_layers={dense}, "
+            f"decoder_sparse_step={step}); relspec needs every layer's MLP of one kind"
+        )
+    shared = getattr(config, "shared_expert_intermediate_size", None)
+    return {
+        "num_experts": int(experts),
+        "expert_intermediate_size": int(getattr(config, "moe_intermediate_size", None) or config.intermediate_size),
+        "shared_expert_intermediate_size": int(shared) if _positive(shared) else None,
+    }
+
+
+def _ffn_sites(sites: tuple[str, ...], moe: Mapping[str, int | None], kind: str) -> tuple[str, ...]:
+    """``sites`` for this model: the default (``FFN_SITES``) is a mixture-of-experts model's own FFN
+    sites; a dense site asked of one, or an experts' site of a dense model, is refused in one line."""
+    if moe["num_experts"] is None:
+        wrong = [s for s in sites if s in MOE_SITES]
+        if wrong:
+            raise UnsupportedModelError(f"model type {kind!r} is not a mixture-of-experts model: it has no {', '.join(wrong)}")
+        return sites
+    own = (SHARED_SITES if moe["shared_expert_intermediate_size"] else ()) + EXPERT_SITES
+    if sites == FFN_SITES:
+        return own
+    wrong = [s for s in sites if (s in FFN_SITES or s in MOE_SITES) and s not in own]
+    if wrong:
+        raise UnsupportedModelError(
+            f"model type {kind!r} is a mixture-of-experts model without {', '.join(wrong)}; its FFN sites are {', '.join(own)}"
+        )
+    return sites
 
 
 def config_fingerprint(config: Any) -> str:
