@@ -32,6 +32,7 @@ from relspec_lmeval.lm.ablation import Ablation, apply_ablation
 from relspec_lmeval.lm.positions import PositionMask, Row, plan_chunks
 from relspec_lmeval.lm.preflight import NOT_GIVEN, check_model_args, check_sets
 from relspec_lmeval.modelio.load import default_device, resolve_pretrained
+from relspec_lmeval.modelio.moe import eager_experts_for_float64
 from relspec_lmeval.modelio.sites import find_mlps, model_shape
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.sets.resolve import load_sets
@@ -133,6 +134,7 @@ class RelspecHFLM(HFLM):
         if not kwargs.get("device"):
             kwargs["device"] = default_device(None)[0]  # HFLM logs "Using device …"
         super().__init__(pretrained=resolve_pretrained(pretrained, gguf_file), **kwargs)
+        eager_experts_for_float64(self._model)  # transformers' grouped_mm experts take no float64
         if self.relspec_sets:
             self.set_neuron_sets(self.relspec_sets)
 

@@ -109,6 +109,9 @@ def load_model(
     if not device_map:
         loaded.to(device)
     loaded.eval()
+    from relspec_lmeval.modelio.moe import eager_experts_for_float64
+
+    eager_experts_for_float64(loaded)  # transformers' grouped_mm experts take no float64
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     return loaded, tokenizer
 

@@ -35,7 +35,8 @@ from relspec_lmeval.modelio.routing import Routed, add_tap
 from relspec_lmeval.sets.shape import EXPERT_SITES, MOE_SITES, SHARED_SITES, ModelShape
 
 __all__ = [
-    "GROUPED_EXPERTS", "MOE_BLOCKS", "ExpertSite", "FlatSite", "GroupedProj", "is_moe", "moe_site", "register_channel_hook",
+    "GROUPED_EXPERTS", "MOE_BLOCKS", "ExpertSite", "FlatSite", "GroupedProj", "eager_experts_for_float64", "is_moe", "moe_site",
+    "register_channel_hook",
 ]
 
 # Read in transformers' code: each one's forward is the eager loop modelio.routing.tapped_forward reproduces.
@@ -62,6 +63,33 @@ def is_moe(mlp: nn.Module) -> bool:
     """
     experts = getattr(mlp, "experts", None)
     return type(mlp).__name__ in MOE_BLOCKS and type(experts).__name__ in GROUPED_EXPERTS
+
+
+def eager_experts_for_float64(model: nn.Module) -> bool:
+    """Run a float64 model's experts with transformers' eager loop: its default ``grouped_mm`` takes
+    float32, bfloat16 and float16 only (a float64 pass would stop with a RuntimeError in every expert).
+
+    Args:
+        model: a loaded transformers model.
+
+    Returns:
+        Whether it was switched (a float64 model whose experts implementation was another).
+
+    Example:
+        >>> import torch
+        >>> from transformers import MixtralConfig, MixtralForCausalLM
+        >>> from relspec_lmeval.modelio.moe import eager_experts_for_float64
+        >>> model = MixtralForCausalLM(MixtralConfig(vocab_size=32, hidden_size=8, intermediate_size=4, num_hidden_layers=1,
+        ...                                          num_attention_heads=2, num_key_value_heads=2, num_local_experts=2)).double()
+        >>> eager_experts_for_float64(model), model.config._experts_implementation
+        (True, 'eager')
+    """
+    config = getattr(model, "config", None)
+    current = getattr(config, "_experts_implementation", None)
+    if current in (None, "eager") or getattr(model, "dtype", None) != torch.float64 or not hasattr(model, "set_experts_implementation"):
+        return False
+    model.set_experts_implementation("eager")
+    return True
 
 
 class _Handles:
