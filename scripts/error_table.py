@@ -206,6 +206,9 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`relspec card` where `README.md` exists", ["card", str(f["carded"])]),
         ("`relspec card` of a shipped folder", ["card", str(shipped / "relspec-tiny"), "--force"]),
         ("`lm_eval` of a relation task offline, not in the cache", Case({"pretrained": tiny}, tasks=["relation_recall_product_company"], env={"RELSPEC_LRE_DIR": None, "RELSPEC_OFFLINE": "1", "RELSPEC_CACHE_DIR": str(out / "empty_cache")})),
+        ("`heads --heads 5:9`: a head the model lacks", ["heads", "--model", tiny, "--heads", "5:9", "--out", str(out / "h.safetensors")]),
+        ("`heads --heads 2-1` (not `LAYER:HEAD`)", ["heads", "--model", tiny, "--heads", "2-1", "--out", str(out / "h.safetensors")]),
+        ("`select --heads` from scores without `o_proj_in`", ["select", "--heads", "2", str(shipped / "relspec-tiny" / "scores" / "person_father.safetensors")]),
     ]
 
 

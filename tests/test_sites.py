@@ -50,13 +50,13 @@ def test_default_flat_order_is_unchanged_and_attention_widths_follow_the_heads()
     assert ffn.metadata() == {"num_layers": 2, "hidden_size": 32, "intermediate_size": 64}  # no new keys: same bytes
     every = ModelShape(**GQA, sites=tuple(reversed(DENSE)))  # given in any order, kept in forward order
     assert every.sites == DENSE
-    assert [every.width(s) for s in DENSE] == [32, 16, 16, 32, 64, 64, 32]
-    assert every.per_layer == 256 and every.total == 512 and every.offset(1, "gate_proj") == 256 + 96
+    assert [every.width(s) for s in DENSE] == [32, 16, 16, 32, 32, 64, 64, 32]  # o_proj_in: o_proj's input, heads × head_dim
+    assert every.per_layer == 288 and every.total == 576 and every.offset(1, "gate_proj") == 288 + 128
     keys = [(layer, SITES.index(site), i) for layer, site, _, width in every.blocks() for i in range(width)]
     assert keys == sorted(keys) and len(keys) == every.total  # sorting by flat index is sorting by (layer, site, index)
     flat = torch.arange(every.total)
     assert torch.equal(every.join(every.split(flat)), flat)
-    grouped = every.group(torch.tensor([33, 256 + 100]))
+    grouped = every.group(torch.tensor([33, 288 + 132]))
     assert {k: v.tolist() for k, v in grouped.items()} == {(0, "k_proj"): [1], (1, "gate_proj"): [4]}
 
 
@@ -224,7 +224,7 @@ def test_export_refuses_a_biased_site_before_the_weights_load(tmp_path, monkeypa
 def test_cli_sites_errors_are_one_line_before_the_model_loads(tiny_llama_dir, lre_env, tmp_path, capsys):
     base = ["identify", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "o"), "--no-filter", "--quiet"]
     for extra, message in [
-        (["--sites", "q_prj"], "--sites: unknown site 'q_prj'; sites are q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, shared_expert.gate_proj"),
+        (["--sites", "q_prj"], "--sites: unknown site 'q_prj'; sites are q_proj, k_proj, v_proj, o_proj_in, o_proj, gate_proj, up_proj, down_proj"),
         (["--sites", "k_proj", "--method", "lape"], "--method lape scores the activation act_fn(gate_proj)"),
         (["--sites", "k_proj", "--k", "99999"], "--k 99999 is larger than the 64 neurons of"),
     ]:

@@ -1,4 +1,4 @@
-"""``relspec info | export | random | select | dampen``: commands on neuron-set files."""
+"""``relspec info | export | random | select | heads | dampen``: commands on neuron-set files."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  content    {summary['content_sha256']}  (model shape, neurons, factors)")
         print(f"  neurons    {summary['count']}  ({', '.join(f'{k} {v}' for k, v in summary['count_per_site'].items())})")
         print(f"  relation   {meta.get('relation', '-')}   method {meta.get('method', '-')}   k {meta.get('k', '-')}")
+        heads = meta.get("heads")
+        if isinstance(heads, dict) and isinstance(heads.get("names"), list):  # a set that names attention heads
+            how = "each head's o_proj input channels" if heads.get("via") == "o_proj" else "q rows, and k/v rows of their key/value heads"
+            print(f"  heads      {', '.join(map(str, heads['names']))}  (via {heads.get('via')}: {how})")
         if isinstance(meta.get("like"), list):  # a shared random control: the sets it was written for
             print(f"  control of {', '.join(str(e.get('relation')) for e in meta['like'] if isinstance(e, dict))}")
         print(
@@ -120,12 +124,31 @@ def _cmd_random(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from relspec_lmeval.identify.controls import select_sets
+    if (args.k is None) == (args.heads is None):
+        raise UsageError("give --k N (the top N neurons) or --heads N (the top N attention heads), one of them")
+    if args.heads is not None and (args.select != "top" or args.skip):
+        raise UsageError("--select and --skip cut neurons (--k); --heads takes the top N heads")
+    if args.heads is None and args.via is not None:
+        raise UsageError("--via says how --heads resolves a head; it has no use with --k")
+    if args.heads is not None:
+        from relspec_lmeval.identify.heads import select_heads
 
-    paths = select_sets(args.scores, args.k, select=args.select, skip=args.skip, out=args.out, command=command_line(args))
+        paths = select_heads(args.scores, args.heads, via=args.via or "o_proj", out=args.out, command=command_line(args))
+    else:
+        from relspec_lmeval.identify.controls import select_sets
+
+        paths = select_sets(args.scores, args.k, select=args.select, skip=args.skip, out=args.out, command=command_line(args))
     note = _why_here(args.out, args.scores)
     for path in paths:
         print(f"wrote {path}{note}")
+
+
+def _cmd_heads(args: argparse.Namespace) -> None:
+    from relspec_lmeval.identify.heads import head_set
+
+    made = head_set(args.model, args.heads, args.out, via=args.via, revision=args.revision, command=command_line(args), force=args.force)
+    counts = ", ".join(f"{site} {n}" for site, n in made.count_per_site().items() if n)
+    print(f"wrote {made.path} ({len(made.metadata['heads']['names'])} heads, {len(made)} neurons: {counts})")
 
 
 def _cmd_dampen(args: argparse.Namespace) -> None:
@@ -148,7 +171,7 @@ def _why_here(out: str | None, inputs: list[str]) -> str:
 
 
 def add_parsers(sub: Any) -> None:
-    """Add ``info``, ``export``, ``random``, ``select`` and ``dampen`` to the ``relspec`` command."""
+    """Add ``info``, ``export``, ``random``, ``select``, ``heads`` and ``dampen`` to the ``relspec`` command."""
     info = sub.add_parser("info", help="print a neuron-set file's summary, or compare two sets by content (--compare)")
     info.add_argument("files", nargs="+", metavar="FILE", help="neuron-set file or shipped set name")
     info.add_argument("--json", action="store_true", help="print the summary (or the comparison) as JSON")
@@ -181,13 +204,29 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--model", default=None, help="model, when the set records no shape (also checks the shape)")
     r.set_defaults(func=_cmd_random)
 
-    s = sub.add_parser("select", help="re-cut k neurons from stored scores (no model run)")
+    s = sub.add_parser("select", help="re-cut k neurons, or the top attention heads, from stored scores (no model run)")
     s.add_argument("scores", nargs="+", metavar="SCORES", help="<out>/scores/<relation>.safetensors file(s)")
-    s.add_argument("--k", type=positive_int, required=True, help="neurons per set")
+    s.add_argument("--k", type=positive_int, default=None, help="neurons per set")
+    s.add_argument("--heads", type=positive_int, default=None, metavar="N",
+                   help="instead of --k: the N attention heads whose channels score highest on average (scores of --sites o_proj_in; "
+                        "heads<N>/ beside the scores folder)")
+    s.add_argument("--via", choices=["o_proj", "qkv"], default=None,
+                   help="with --heads: a head is its o_proj input channels (default) or its q/k/v rows (needs q_proj,k_proj,v_proj scores)")
     s.add_argument("--select", choices=["top", "both"], default="top")
     s.add_argument("--skip", type=int, default=0, help="skip the first N ranks (ranks N+1..N+k; top only)")
     s.add_argument("--out", default=None, help="output folder (default: k<N> beside the scores folder, or in the working directory for shipped scores)")
     s.set_defaults(func=_cmd_select)
+
+    h = sub.add_parser("heads", help="write a set naming whole attention heads of a model (no model run)")
+    h.add_argument("--model", required=True, help="hub id, local folder or shipped model name (its config gives the heads)")
+    h.add_argument("--heads", required=True, metavar="L:H,...", help="the heads, LAYER:HEAD counting from 0, e.g. 3:5,7:0")
+    h.add_argument("--via", choices=["o_proj", "qkv"], default="o_proj",
+                   help="o_proj (default): each head's o_proj input channels (its output, exact with grouped-query attention); "
+                        "qkv: its q_proj rows and its key/value head's k_proj/v_proj rows (a grouped key/value head: name all its query heads)")
+    h.add_argument("--out", required=True, metavar="FILE", help="the set file to write (.safetensors)")
+    h.add_argument("--revision", default=None)
+    h.add_argument("--force", action="store_true", help="replace an existing --out file")
+    h.set_defaults(func=_cmd_heads)
 
     d = sub.add_parser("dampen", help="store AurA's per-neuron factors 1 - alpha*(2*AUROC - 1) for mode=dampen (no model run)")
     d.add_argument("inputs", nargs="+", metavar="FILE",

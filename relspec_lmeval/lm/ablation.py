@@ -31,7 +31,7 @@ from relspec_lmeval.lm.overflow import (
 )
 from relspec_lmeval.lm.positions import PositionMask, check_positions
 from relspec_lmeval.modelio.moe import FlatSite, GroupedProj, register_channel_hook
-from relspec_lmeval.modelio.sites import channels, find_mlps, model_shape, site_modules
+from relspec_lmeval.modelio.sites import channels, find_mlps, model_shape, site_modules, weight_axis
 from relspec_lmeval.sets.neuron_set import NeuronSet, union_all
 from relspec_lmeval.util.suggest import did_you_mean
 
@@ -96,14 +96,14 @@ def _parse_factor(value: object) -> float:
     return number
 
 
-def _weight_editable(module: nn.Module) -> bool:
-    """True where zeroing/scaling a weight row equals zeroing/scaling the output channel."""
+def _weight_editable(module: nn.Module, axis: int = 0) -> bool:
+    """True where zeroing/scaling a weight row (``axis`` 1: column) equals zeroing/scaling the output (input) channel."""
     if isinstance(module, FlatSite):  # a shared expert's Linear (modelio.moe)
         module = module.linear
     if isinstance(module, GroupedProj):  # grouped experts: rows of a bias-free 3-D parameter
         return module.weight_editable
-    if type(module) is not nn.Linear or module.bias is not None:
-        return False  # subclasses: LoRA, bitsandbytes, … ; a bias would survive the edit
+    if type(module) is not nn.Linear or (axis == 0 and module.bias is not None):
+        return False  # subclasses: LoRA, bitsandbytes, … ; a bias would survive a row's edit (a column's leaves it be)
     weight = module.weight
     if not weight.dtype.is_floating_point or weight.device.type == "meta":
         return False  # quantized, or offloaded by accelerate (its copy is reloaded each call)
@@ -114,7 +114,8 @@ def _weight_editable(module: nn.Module) -> bool:
 class Ablation:
     """The edits and hooks applied to one model; ``remove()`` restores it."""
 
-    weight_edits: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # (module, rows or columns, their saved values, the axis: 0 rows, 1 columns)
+    weight_edits: list[tuple[nn.Linear, torch.Tensor, torch.Tensor, int]] = field(default_factory=list)
     hooks: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
 
     @property
@@ -123,8 +124,8 @@ class Ablation:
 
     def remove(self) -> None:
         with torch.no_grad():
-            for module, rows, saved in reversed(self.weight_edits):
-                module.weight.index_copy_(0, rows, saved)
+            for module, rows, saved, axis in reversed(self.weight_edits):
+                module.weight.index_copy_(axis, rows, saved)
         for handle in self.hooks:
             handle.remove()
         self.weight_edits.clear()
@@ -192,17 +193,17 @@ def check_mode_fits(neuron_set: NeuronSet, spec: AblationSpec) -> None:
         )
 
 
-def _edit_rows(module: nn.Linear, rows: torch.Tensor, spec: AblationSpec, factors: torch.Tensor | None) -> torch.Tensor:
-    """Zero or scale ``rows`` of the weight in place; returns the saved rows (the undo)."""
+def _edit_rows(module: nn.Linear, rows: torch.Tensor, spec: AblationSpec, factors: torch.Tensor | None, axis: int = 0) -> torch.Tensor:
+    """Zero or scale ``rows`` of the weight in place (``axis`` 1: columns); returns the saved ones (the undo)."""
     with torch.no_grad():
-        saved = module.weight.index_select(0, rows).clone()
+        saved = module.weight.index_select(axis, rows).clone()
         if spec.mode == "zero":
-            module.weight.index_fill_(0, rows, 0.0)
+            module.weight.index_fill_(axis, rows, 0.0)
         elif spec.mode == "scale":
-            module.weight[rows] *= spec.factor
-        else:  # dampen: each row by its factor, in float32, rounded once to the weight's dtype
-            scale = factors.to(device=saved.device, dtype=torch.float32).unsqueeze(1)
-            module.weight.index_copy_(0, rows, (saved.to(torch.float32) * scale).to(saved.dtype))
+            module.weight.index_copy_(axis, rows, saved * spec.factor)
+        else:  # dampen: each row (column) by its factor, in float32, rounded once to the weight's dtype
+            scale = factors.to(device=saved.device, dtype=torch.float32).unsqueeze(1 - axis)
+            module.weight.index_copy_(axis, rows, (saved.to(torch.float32) * scale).to(saved.dtype))
     return saved
 
 
@@ -244,27 +245,29 @@ def apply_ablation(
     if spec.positions != "all" and (positions is None or positions.positions != spec.positions):
         raise NeuronSetError(f"positions={spec.positions} needs a PositionMask of the same positions (relspec-hf makes one)")
     masked = positions if spec.positions != "all" else None
-    # (layer, site, the module's output channels, the module): a fused site's rows are those of its half
-    plan = [(layer, site, rows, module) for (layer, site), index in neuron_set.neurons.items()
+    # (layer, site, the module's output channels, the module, the weight's axis): a fused site's rows are
+    # those of its half; o_proj_in's neurons are o_proj's input channels, the columns of its weight
+    plan = [(layer, site, rows, module, weight_axis(modules[(layer, site)])) for (layer, site), index in neuron_set.neurons.items()
             for module, rows in [channels(modules[(layer, site)], index)]]
-    weighted = [_uses_weights(module, spec, masked is not None, layer, site) for layer, site, _, module in plan]
+    weighted = [_uses_weights(module, spec, masked is not None, layer, site, axis) for layer, site, _, module, axis in plan]
     if spec.mode in ("scale", "dampen"):  # every site, before the first edit: the model stays untouched
-        for layer, site, index, module in plan:
-            check_overflow(module, index, layer, site, spec, neuron_set.factors.get((layer, site)), output_dtype(model, module))
+        for layer, site, index, module, axis in plan:
+            check_overflow(module, index, layer, site, spec, neuron_set.factors.get((layer, site)), output_dtype(model, module), axis)
     probed = amplifies(spec, neuron_set) and probe_finite(model, None)  # the model's own outputs are finite
     ablation = Ablation()
     try:
         if masked is not None and plan:  # before the first hooked site (sets are in forward order)
             ablation.hooks.append(plan[0][3].register_forward_pre_hook(masked.start_forward))
-        for (layer, site, index, module), by_weights in zip(plan, weighted):
+        for (layer, site, index, module, axis), by_weights in zip(plan, weighted):
             if by_weights:
                 rows = index.to(module.weight.device)
-                saved = _edit_rows(module, rows, spec, neuron_set.factors.get((layer, site)))
-                ablation.weight_edits.append((module, rows, saved))
+                saved = _edit_rows(module, rows, spec, neuron_set.factors.get((layer, site)), axis)
+                ablation.weight_edits.append((module, rows, saved, axis))
             else:
                 values = {"mean": neuron_set.means, "dampen": neuron_set.factors}.get(spec.mode, {}).get((layer, site))
+                hooked = modules[(layer, site)] if axis else module  # an input site's hook rewrites the module's input
                 # grouped experts: one edit per expert, of its tokens' outputs (modelio.moe)
-                ablation.hooks.append(register_channel_hook(module, index, values, masked, lambda i, v, p: _output_hook(i, spec, v, p)))
+                ablation.hooks.append(register_channel_hook(hooked, index, values, masked, lambda i, v, p: _output_hook(i, spec, v, p)))
         if probed and probe_finite(model, masked) is False:
             factor = f" factor={spec.factor:g}" if spec.mode == "scale" else f" with factors up to {largest_factor(neuron_set):g}"
             raise NeuronSetError(
@@ -277,17 +280,17 @@ def apply_ablation(
     return ablation
 
 
-def _uses_weights(module: nn.Module, spec: AblationSpec, masked: bool, layer: int, site: str) -> bool:
+def _uses_weights(module: nn.Module, spec: AblationSpec, masked: bool, layer: int, site: str, axis: int = 0) -> bool:
     """Whether ``module`` is ablated by a weight edit (else a hook); ``NeuronSetError`` where
     ``ablate_with=weights`` asks for an edit that would not be exact."""
     if spec.method == "weights":
-        if spec.mode == "mean" or not _weight_editable(module):
+        if spec.mode == "mean" or not _weight_editable(module, axis):
             raise NeuronSetError(
                 f"layer {layer} {site} ({type(module).__name__}) cannot be ablated by a weight edit "
                 f"with mode={spec.mode}; use ablate_with=hooks or auto"
             )
         return True
-    return spec.method == "auto" and spec.mode != "mean" and not masked and _weight_editable(module)
+    return spec.method == "auto" and spec.mode != "mean" and not masked and _weight_editable(module, axis)
 
 
 @contextmanager

@@ -76,9 +76,10 @@ def check_factor_fits(spec: AblationSpec, neuron_sets: Sequence[NeuronSet], dtyp
 
 
 def check_overflow(module: nn.Module, rows: torch.Tensor, layer: int, site: str, spec: AblationSpec, factors: torch.Tensor | None,
-                    dtype: torch.dtype) -> None:
+                    dtype: torch.dtype, axis: int = 0) -> None:
     """``NeuronSetError`` (before any edit) when scaling ``rows`` by the factor(s) could leave ``dtype``:
-    the factor itself, or |factor| × the row's absolute sum (its output for inputs of size at most 1)."""
+    the factor itself, or |factor| × the row's absolute sum (its output for inputs of size at most 1).
+    ``axis`` 1: ``rows`` are input channels (columns), and every output row's sum counts them scaled."""
     scale = torch.tensor([float(spec.factor)], dtype=torch.float64) if spec.mode == "scale" else factors.to(torch.float64)
     label = f"layer {layer} {site}"
     _check_in_dtype(f"{label} factor" if spec.mode == "scale" else f"{label} dampen factor", float(scale.abs().max()), dtype)
@@ -86,11 +87,18 @@ def check_overflow(module: nn.Module, rows: torch.Tensor, layer: int, site: str,
     if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point or weight.device.type == "meta":
         return  # quantized or offloaded: its rows cannot be read here; the factor check above still holds
     with torch.no_grad():
-        sums = weight.index_select(0, rows.to(weight.device)).to(torch.float64).abs().sum(dim=1)
         bias = getattr(module, "bias", None)
-        if isinstance(bias, torch.Tensor) and bias.device.type != "meta":
-            sums = sums + bias.index_select(0, rows.to(bias.device)).to(torch.float64).abs()
-        peak = float((sums.cpu() * scale.abs()).max())
+        bias = bias.to(torch.float64).abs().cpu() if isinstance(bias, torch.Tensor) and bias.device.type != "meta" else None
+        if axis == 1:  # each output row: its other columns as they are, the scaled ones × |factor|
+            weights = torch.ones(weight.shape[1], dtype=torch.float64)
+            weights[rows.cpu()] = scale.abs()
+            sums = weight.to(torch.float64).abs().cpu() @ weights
+            peak = float((sums + (bias if bias is not None else 0)).max())
+        else:
+            sums = weight.index_select(0, rows.to(weight.device)).to(torch.float64).abs().sum(dim=1).cpu()
+            if bias is not None:
+                sums = sums + bias[rows.cpu()]
+            peak = float((sums * scale.abs()).max())
     limit = torch.finfo(dtype).max
     if not peak <= limit:
         raise NeuronSetError(

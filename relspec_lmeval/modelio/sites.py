@@ -11,6 +11,10 @@ chunked into gate, then up) keeps the names: ``gate_proj`` neuron i is its outpu
 ``FusedHalf`` (the module and where the half starts), whose forward hooks see the half alone;
 ``channels`` turns a site and its neuron indices into the module and its own output channels.
 
+``o_proj_in`` is not an output: it is ``o_proj``'s input channels (the heads' outputs).
+``site_modules`` gives it as an ``InputChannels`` of ``o_proj``, whose forward hooks see (and
+may rewrite) that input; ``weight_axis`` says its neurons are the weight's columns, not rows.
+
 A mixture-of-experts MLP (``modelio.moe``: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE) has the sites
 ``experts.gate_proj``/``up_proj``/``down_proj`` (``ExpertSite``: the grouped expert tensors, neuron
 ``e * width + c`` channel c of expert e) and, in Qwen2-MoE, ``shared_expert.*`` (``FlatSite``).
@@ -30,8 +34,8 @@ from relspec_lmeval.modelio.moe import ExpertSite, is_moe, moe_site
 from relspec_lmeval.sets.shape import ATTENTION_SITES, FFN_SITES, MOE_SITES, ModelShape, SiteKey
 
 __all__ = [
-    "FUSED_MLPS", "FusedHalf", "base_model", "channels", "find_layers", "find_mlps", "is_fused", "model_shape", "model_type",
-    "site_modules",
+    "FUSED_MLPS", "FusedHalf", "InputChannels", "base_model", "channels", "find_layers", "find_mlps", "is_fused", "model_shape",
+    "model_type", "site_modules", "weight_axis",
 ]
 
 # MLP classes whose gate_up_proj output is ``gate, up = out.chunk(2, dim=-1)`` (read in transformers'
@@ -93,7 +97,67 @@ class FusedHalf:
         return self.module.register_forward_pre_hook(hook)
 
 
-def channels(module: nn.Module | FusedHalf, index: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+@dataclass(frozen=True)
+class InputChannels:
+    """A Linear's input channels as a site (``o_proj_in``: ``o_proj``'s input, the heads' outputs side by side).
+
+    Args:
+        module: the Linear (or its PEFT/quantized replacement) whose input the site is.
+
+    A forward hook registered here runs as a forward pre-hook of ``module`` and is given a copy
+    of its input as the "output": edits in place reach ``module`` (the tensor the model passed
+    in is left alone), and a tensor the hook returns replaces the input.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from relspec_lmeval.modelio.sites import InputChannels
+        >>> o_proj = nn.Linear(4, 2, bias=False)
+        >>> site = InputChannels(o_proj)
+        >>> handle = site.register_forward_hook(lambda m, a, x: x.index_fill_(-1, torch.tensor([0, 1]), 0.0))
+        >>> x = torch.ones(1, 4)
+        >>> torch.equal(o_proj(x), x[:, 2:] @ o_proj.weight[:, 2:].T), x.sum().item()
+        (True, 4.0)
+    """
+
+    module: nn.Module
+
+    @property
+    def out_features(self) -> int | None:
+        """The site's width: the module's input channels."""
+        return getattr(self.module, "in_features", None)
+
+    @property
+    def bias(self) -> None:
+        return None  # an input channel's edit (a weight column) is exact whatever the module's bias
+
+    def register_forward_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+        def on_input(module: nn.Module, args: tuple) -> tuple:
+            # a copy: the model may still hold the tensor it passes in (an edit must reach o_proj alone)
+            x = args[0].clone()
+            result = hook(module, args, x)
+            return (result if isinstance(result, torch.Tensor) else x, *args[1:])
+
+        return self.module.register_forward_pre_hook(on_input)
+
+    def register_forward_pre_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
+        return self.module.register_forward_pre_hook(hook)
+
+
+def weight_axis(module: nn.Module | FusedHalf | InputChannels) -> int:
+    """Where a site's neurons are in its module's weight: 0 (rows: output channels) or 1 (columns: ``InputChannels``).
+
+    Example:
+        >>> from torch import nn
+        >>> from relspec_lmeval.modelio.sites import InputChannels, weight_axis
+        >>> o_proj = nn.Linear(4, 2)
+        >>> weight_axis(o_proj), weight_axis(InputChannels(o_proj))
+        (0, 1)
+    """
+    return 1 if isinstance(module, InputChannels) else 0
+
+
+def channels(module: nn.Module | FusedHalf | InputChannels, index: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
     """The module that computes a site, and its output channels for the site's neuron ``index``.
 
     Args:
@@ -102,7 +166,8 @@ def channels(module: nn.Module | FusedHalf, index: torch.Tensor) -> tuple[nn.Mod
 
     Returns:
         ``(module, index)`` as given for a plain site; for a ``FusedHalf`` the fused module and
-        ``index + start`` (its rows of the fused weight); for an ``ExpertSite`` its ``GroupedProj``
+        ``index + start`` (its rows of the fused weight); for ``InputChannels`` its module and
+        ``index`` (columns of its weight: ``weight_axis``); for an ``ExpertSite`` its ``GroupedProj``
         and the neurons' rows of the grouped weight (``ExpertSite.rows``).
 
     Example:
@@ -116,6 +181,8 @@ def channels(module: nn.Module | FusedHalf, index: torch.Tensor) -> tuple[nn.Mod
     """
     if isinstance(module, FusedHalf):
         return module.module, index + module.start
+    if isinstance(module, InputChannels):
+        return module.module, index
     if isinstance(module, ExpertSite):
         return module.proj, module.rows(index)
     return module, index
@@ -185,23 +252,24 @@ def _mlp_site(mlp: nn.Module, site: str, width: int) -> nn.Module | FusedHalf:
     return FusedHalf(mlp.gate_up_proj, 0 if site == "gate_proj" else width, width)
 
 
-def _attention(model: nn.Module, layer: nn.Module, index: int, site: str) -> nn.Module:
+def _attention(model: nn.Module, layer: nn.Module, index: int, site: str) -> nn.Module | InputChannels:
     attention = getattr(layer, "self_attn", None)
-    module = getattr(attention, site, None) if attention is not None else None
+    name = "o_proj" if site == "o_proj_in" else site
+    module = getattr(attention, name, None) if attention is not None else None
     if isinstance(module, nn.Module):
-        return module
+        return InputChannels(module) if site == "o_proj_in" else module
     kind = (
         "no self_attn module" if attention is None
         else "a fused qkv_proj attention" if hasattr(attention, "qkv_proj") or hasattr(attention, "query_key_value")
-        else f"an attention without {site}"
+        else f"an attention without {name}"
     )
     raise UnsupportedModelError(
         f"model type {model_type(model)!r} has {kind} (layer {index}); the attention sites need separate "
-        f"{', '.join(ATTENTION_SITES)} in self_attn (Llama, Mistral, Qwen2, Gemma, …)"
+        f"{', '.join(s for s in ATTENTION_SITES if s != 'o_proj_in')} in self_attn (Llama, Mistral, Qwen2, Gemma, …)"
     )
 
 
-def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.Module | FusedHalf]:
+def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.Module | FusedHalf | InputChannels]:
     """The module of each (layer, site), checked.
 
     Args:
@@ -210,7 +278,8 @@ def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.
 
     Returns:
         Each key's module, in the order of ``keys``; a fused MLP's ``gate_proj`` and ``up_proj``
-        as ``FusedHalf`` (hooks on it see its half; ``channels`` gives the fused rows).
+        as ``FusedHalf`` (hooks on it see its half; ``channels`` gives the fused rows);
+        ``o_proj_in`` as ``InputChannels`` of ``o_proj`` (hooks on it see o_proj's input).
 
     Raises ``UnsupportedModelError`` for MLPs ``find_mlps`` refuses (whatever the keys) or a missing
     site, ``ModelError`` for a layer out of range or a Linear whose output width is not the config's.
@@ -227,7 +296,7 @@ def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.
     layers = find_layers(model)
     mlps = find_mlps(model)
     shape = model_shape(model)
-    out: dict[SiteKey, nn.Module | FusedHalf] = {}
+    out: dict[SiteKey, nn.Module | FusedHalf | InputChannels] = {}
     for layer, site in keys:
         if not 0 <= layer < len(layers):
             raise ModelError(f"layer {layer} out of range: the model has {len(layers)} decoder layers")
@@ -239,15 +308,17 @@ def site_modules(model: nn.Module, keys: Iterable[SiteKey]) -> dict[SiteKey, nn.
             raise UnsupportedModelError(f"model type {model_type(model)!r} is not a mixture-of-experts model: it has no {site}")
         else:
             module = _attention(model, layers[layer], layer, site)
-        name, want = site, shape.width(site)
+        name, want, kind = site, shape.width(site), "output"
         if isinstance(module, FusedHalf):  # the fused weight holds both halves
             name, want = "gate_up_proj", 2 * want
+        if isinstance(module, InputChannels):
+            name, kind = "o_proj", "input"
         if isinstance(module, ExpertSite):  # its grouped tensors' shapes: checked by _moe_site
             want = module.out_features
         width = getattr(module.module if isinstance(module, FusedHalf) else module, "out_features", None)
         if isinstance(width, int) and width != want:
             raise ModelError(
-                f"layer {layer} {name} has {width} output channels, but the config gives {want}; "
+                f"layer {layer} {name} has {width} {kind} channels, but the config gives {want}; "
                 "relspec cannot place its neurons in this model"
             )
         out[(layer, site)] = module

@@ -11,6 +11,7 @@ A sets folder is what ``relspec identify --out`` writes and ``relspec reproduce
     <root>/random/<relation>-layer-seed<N>.safetensors   drawn per (layer, site) like the relation's set
     <root>/random/<relation>-site-seed<N>.safetensors    drawn per site (all layers) like the relation's set
     <root>/k<N>[-both][-skip<S>]/<relation>.safetensors   re-cuts by ``relspec select``
+    <root>/heads<N>[-qkv]/<relation>.safetensors   the top N attention heads (``relspec select --heads``)
     <dir>/dampen[-a<A>][-t<T>]/<name>.safetensors   a set of <dir> with AurA's factors (``relspec dampen``)
     <root>/dampen-all[-a<A>][-t<T>]/<relation>.safetensors   every neuron above the threshold, from scores/
     <root>/summary.json                        what identify did, per relation
@@ -39,7 +40,9 @@ from relspec_lmeval.errors import NeuronSetError, OutputError
 from relspec_lmeval.sets.fileformat import HEADER_KEY, SUFFIX
 from relspec_lmeval.util.locks import folder_lock
 
-__all__ = ["LOCK_FILE", "SCORES_DIR", "SUMMARY_FILE", "EarlierRun", "SetsFolder", "cut_name", "dampen_name", "locked", "run_record"]
+__all__ = [
+    "LOCK_FILE", "SCORES_DIR", "SUMMARY_FILE", "EarlierRun", "SetsFolder", "cut_name", "dampen_name", "heads_name", "locked", "run_record",
+]
 
 SCORES_DIR = "scores"
 RANDOM_DIR = "random"
@@ -47,7 +50,7 @@ SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".relspec.lock"  # held by the command writing the folder (util.locks.folder_lock)
 _LEGACY_RANDOM = re.compile(r"(?P<relation>.+)-seed(?P<seed>\d+)")
 _MATCHED = ("-layer", "-site")  # <relation>-layer-seed<N>, <relation>-site-seed<N>: not legacy plain controls
-_CUT = re.compile(r"k\d+(-both)?(-skip\d+)?")  # cut_name's folders
+_CUT = re.compile(r"k\d+(-both)?(-skip\d+)?|heads\d+(-qkv)?")  # cut_name's and heads_name's folders
 _ENTRY_KEYS = {"det_prompts", "correct", "positives", "negatives", "set_file", "scores_file"}  # of a summary entry, as kept
 # what --force removes, in the words of its refusals
 REPLACED = "its sets, scores, random controls, re-cuts, dampened sets and summary.json go when this run writes its first set"
@@ -56,6 +59,11 @@ REPLACED = "its sets, scores, random controls, re-cuts, dampened sets and summar
 def cut_name(k: int, select: str = "top", skip: int = 0) -> str:
     """``k384``, ``k384-both``, ``k300-skip200``: the folder of one re-cut."""
     return f"k{k}" + ("-both" if select == "both" else "") + (f"-skip{skip}" if skip else "")
+
+
+def heads_name(n: int, via: str = "o_proj") -> str:
+    """``heads4``, ``heads4-qkv``: the folder of ``relspec select --heads N`` (``--via qkv``)."""
+    return f"heads{int(n)}" + ("-qkv" if via == "qkv" else "")
 
 
 def dampen_name(alpha: float = 1.0, threshold: float = 0.5, *, every_neuron: bool = False) -> str:
@@ -141,6 +149,10 @@ class SetsFolder:
         """The sub-folder holding the sets re-cut at ``k`` (itself laid out like a sets folder)."""
         return SetsFolder(self.root / cut_name(k, select, skip))
 
+    def heads(self, n: int, via: str = "o_proj") -> SetsFolder:
+        """The sub-folder holding the sets of the top ``n`` attention heads (``relspec select --heads``)."""
+        return SetsFolder(self.root / heads_name(n, via))
+
     @property
     def summary_path(self) -> Path:
         return self.root / SUMMARY_FILE
@@ -159,7 +171,7 @@ class SetsFolder:
 
     def derived_files(self) -> list[Path]:
         """Files made from this folder's sets and scores: random controls (plain, layer- and
-        site-matched, legacy), re-cuts, dampened sets."""
+        site-matched, legacy), re-cuts (``k<N>…``, ``heads<N>…``), dampened sets."""
         folders = [self.root / RANDOM_DIR]
         if self.root.is_dir():
             folders += [p for p in self.root.iterdir() if p.is_dir() and (_CUT.fullmatch(p.name) or p.name.split("-")[0] == "dampen")]

@@ -3,9 +3,11 @@
 A neuron is one output channel of a linear layer of one decoder layer, at one *site*: the
 MLP's ``gate_proj`` (before the activation), ``up_proj`` or ``down_proj`` (the paper's units,
 the default), or the attention's ``q_proj``, ``k_proj``, ``v_proj`` or ``o_proj`` (the
-paper's App. G; ``q/k/v`` before RoPE and any q/k norm). Every neuron has a *flat index*:
+paper's App. G; ``q/k/v`` before RoPE and any q/k norm). One site is an *input*: ``o_proj_in``,
+``o_proj``'s input channels, the heads' outputs side by side (head h's are channels
+h × head_dim to (h + 1) × head_dim; ``sets.heads``). Every neuron has a *flat index*:
 layers in order, and inside a layer the shape's ``sites`` in forward order (``SITES``: the
-attention projections, then gate, up, down), each ``width(site)`` channels. Sorting by flat
+attention projections (q, k, v, o_proj_in, o), then gate, up, down), each ``width(site)`` channels. Sorting by flat
 index is sorting by (layer, site, index): the documented tie-break of every ranking, so one
 stable sort does a whole selection. With the default sites the order is the one every
 earlier file used (gate, up, down per layer).
@@ -37,7 +39,8 @@ __all__ = [
 ]
 
 FFN_SITES = ("gate_proj", "up_proj", "down_proj")
-ATTENTION_SITES = ("q_proj", "k_proj", "v_proj", "o_proj")
+# o_proj_in: o_proj's input channels (the heads' outputs), between v_proj and o_proj as in the forward pass
+ATTENTION_SITES = ("q_proj", "k_proj", "v_proj", "o_proj_in", "o_proj")
 SHARED_SITES = ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj")  # Qwen2-MoE's shared expert
 EXPERT_SITES = ("experts.gate_proj", "experts.up_proj", "experts.down_proj")  # the routed experts, grouped (modelio.moe)
 MOE_SITES = SHARED_SITES + EXPERT_SITES  # a mixture-of-experts MLP's sites (Qwen2-MoE runs its shared expert first)
@@ -238,7 +241,7 @@ class ModelShape:
             raise NeuronSetError(f"unknown site {site!r}; sites are {', '.join(SITES)}")
         if not self.has_attention_widths:
             raise NeuronSetError(f"{site}: this model shape records no attention widths ({', '.join(ATTENTION_KEYS)})")
-        heads = self.num_attention_heads if site == "q_proj" else self.num_key_value_heads
+        heads = self.num_attention_heads if site in ("q_proj", "o_proj_in") else self.num_key_value_heads
         return int(heads) * int(self.head_dim)  # type: ignore[arg-type]
 
     def _moe_width(self, site: str) -> int:
