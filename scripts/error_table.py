@@ -114,6 +114,11 @@ def _files(tmp: Path) -> dict[str, Path]:
     (carded / "summary.json").write_text((resource_dir("neuron_sets") / "relspec-tiny" / "summary.json").read_text(encoding="utf-8"), encoding="utf-8")
     (carded / "README.md").write_text("my notes\n", encoding="utf-8")
     files["carded"] = carded
+    from transformers import MixtralConfig  # a mixture-of-experts model: its config alone is refused
+
+    MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=12, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2).save_pretrained(tmp / "mixtral")
+    files["mixtral"] = tmp / "mixtral"
     return files
 
 
@@ -157,6 +162,8 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`identify` with a relation file without `samples`", ["identify", "--model", tiny, "--data", str(f["data_no_samples"]), "--out", str(f["user_folder"].parent / "s"), "--no-filter"]),
         ("`identify` with `\"samples\": []`", ["identify", "--model", tiny, "--data", str(f["data_empty_samples"]), "--out", str(f["user_folder"].parent / "s"), "--no-filter"]),
         ("`identify` with malformed JSON", ["identify", "--model", tiny, "--data", str(f["data_bad_json"]), "--out", str(f["user_folder"].parent / "s"), "--no-filter"]),
+        ("`identify --method lape` of a mixture-of-experts model", ["identify", "--model", str(f["mixtral"]), "--data", "relation_recall_synthetic_det", "--method", "lape", "--no-filter", "--out", str(f["user_folder"].parent / "s")]),
+        ("`identify --sites gate_proj` of a mixture-of-experts model", ["identify", "--model", str(f["mixtral"]), "--data", "relation_recall_synthetic_det", "--sites", "gate_proj", "--no-filter", "--out", str(f["user_folder"].parent / "s")]),
         ("`identify --out` an existing file", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(f["a_file"])]),
         ("`identify --out` inside the shipped files", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(shipped / "relspec-tiny")]),
         ("`identify --data` an unknown group", ["identify", "--model", tiny, "--data", "relation_recall_dett", "--out", str(f["user_folder"].parent / "s")]),
