@@ -388,3 +388,16 @@ def test_the_filter_generates_through_the_experts_sites_pick_expert_sites_and_la
     err = capsys.readouterr().err
     assert err == ("relspec: error: --method lape counts a dense MLP's gate_proj activations; 'olmoe' is a mixture-of-experts "
                    "model: use --method ap, auroc or mean-diff\n"), err
+
+
+def test_relspec_info_shows_which_experts_hold_the_neurons(tmp_path, capsys):
+    shape = ModelShape(2, 16, 12, num_experts=4, expert_intermediate_size=12, model_type="mixtral",
+                       sites=("experts.gate_proj", "experts.up_proj", "experts.down_proj"))
+    # expert = index // 12 for gate/up (width 12), index // 16 for down (hidden 16)
+    chosen = NeuronSet.from_keys([(0, "experts.up_proj", 1), (0, "experts.up_proj", 13), (0, "experts.down_proj", 20),
+                                  (1, "experts.gate_proj", 47)], {"model": shape.metadata()})
+    path = chosen.save(tmp_path / "moe.safetensors")
+    assert cli_main(["info", str(path)]) == 0
+    assert "  experts    L0: e0:1 e1:2; L1: e3:1\n" in capsys.readouterr().out
+    assert cli_main(["info", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["count_per_expert"] == [[1, 2, 0, 0], [0, 0, 0, 1]]

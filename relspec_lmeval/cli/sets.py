@@ -23,7 +23,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from relspec_lmeval.sets.resolve import resolve_set_path
 
     for name in args.files:
-        summary = NeuronSet.load(resolve_set_path(name)).summary()
+        neuron_set = NeuronSet.load(resolve_set_path(name))
+        summary = neuron_set.summary()
+        experts = _experts(neuron_set)
+        if experts is not None:
+            summary["count_per_expert"] = experts
         if args.json:
             print(json.dumps(summary, indent=2, sort_keys=True))
             continue
@@ -52,7 +56,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  means      {'yes' if summary['has_means'] else 'no'}   scores {'yes' if summary['has_scores'] else 'no'}"
               f"   factors {'yes' if summary['has_factors'] else 'no'}")
         print("  per layer  " + "  ".join(f"L{layer}:{sum(c.values())}" for layer, c in summary["count_per_layer"].items()))
+        if experts is not None:  # which routed experts hold the neurons (those holding none left out)
+            rows = [f"L{layer}: " + " ".join(f"e{e}:{n}" for e, n in enumerate(counts) if n) for layer, counts in enumerate(experts) if any(counts)]
+            print("  experts    " + ("; ".join(rows) or "none (shared expert only)"))
     return 0
+
+
+def _experts(neuron_set: Any) -> list[list[int]] | None:
+    """The set's neurons per routed expert (``counts[layer][expert]``), or None for a dense model's set."""
+    from relspec_lmeval.errors import NeuronSetError
+    from relspec_lmeval.identify.summary import count_per_expert
+
+    try:
+        shape = neuron_set.recorded_shape()
+    except NeuronSetError:  # a set that records no shape: nothing to split by
+        return None
+    return count_per_expert(neuron_set, shape) if shape.is_moe else None
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
