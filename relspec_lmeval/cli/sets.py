@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from relspec_lmeval.cli.common import command_line, positive_int
-from relspec_lmeval.errors import UsageError
+from relspec_lmeval.errors import NeuronSetError, UsageError
 from relspec_lmeval.modelio.dtype import DTYPES
 from relspec_lmeval.util.resources import is_read_only
 
@@ -64,7 +64,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _experts(neuron_set: Any) -> list[list[int]] | None:
     """The set's neurons per routed expert (``counts[layer][expert]``), or None for a dense model's set."""
-    from relspec_lmeval.errors import NeuronSetError
     from relspec_lmeval.identify.summary import count_per_expert
 
     try:

@@ -151,11 +151,23 @@ def card_text(folder: str | os.PathLike, *, repo: str | None = None, license: st
     root = Path(folder)
     summary = _summary(root)
     _check_repo(repo)
-    relations, parameters = summary["relations"], summary.get("parameters") or {}
-    model, data = summary["model"], summary.get("data") or {}
-    records = _set_records(root, relations)
+    records = _set_records(root, summary["relations"])
+    example = next(iter(records), next(iter(summary["relations"]), "RELATION"))
+    lines = [
+        _header(summary, license),
+        *_about(summary, records),
+        *_relations_table(summary, records),
+        *_files(root),
+        *_use(summary, repo or _REPO, example),
+        *_how_made(summary),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _about(summary: Mapping[str, Any], records: Mapping[str, dict[str, Any]]) -> list[str]:
+    """The title, what the sets are, and the model / method / k / sites / data / version table."""
+    model, data, parameters = summary["model"], summary.get("data") or {}, summary.get("parameters") or {}
     name = model.get("name") or "?"
-    repo = repo or _REPO
     shape = (f"{model.get('num_layers', '?')} layers, hidden {model.get('hidden_size', '?')}, "
              f"FFN {model.get('intermediate_size', '?')}")
     about = ", ".join(str(model[key]) for key in ("architecture", "model_type") if model.get(key))
@@ -164,8 +176,7 @@ def card_text(folder: str | os.PathLike, *, repo: str | None = None, license: st
     sites = parameters.get("sites") or list(DEFAULT_SITES)
     source = f"{data.get('name', '?')} ({str(data.get('kind', '?')).replace('_', ' ')})" + "".join(
         f", {label} {data[key]}" for key, label in (("language", "language"), ("template_set", "templates")) if data.get(key))
-    lines = [
-        _header(summary, license),
+    return [
         f"# Relation-specific neurons of {name}",
         "",
         "Neuron sets found by `relspec identify` (relspec-lmeval): for each relation, the neurons that score "
@@ -182,12 +193,18 @@ def card_text(folder: str | os.PathLike, *, repo: str | None = None, license: st
         f"| data | {source}; pool hash {str(data.get('pool_hash', '?'))[:16]}… |",
         f"| made by | relspec-lmeval {_one([r.get('package_version') for r in records.values()])} |",
         "",
+    ]
+
+
+def _relations_table(summary: Mapping[str, Any], records: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Each relation's prompts, positives, negatives, neuron count and file; then what was skipped."""
+    lines = [
         "## Relations",
         "",
         "| relation | P^det prompts | answered correctly | positives | negatives | neurons | file |",
         "|---|---|---|---|---|---|---|",
     ]
-    for relation, e in relations.items():
+    for relation, e in summary["relations"].items():
         e = e if isinstance(e, dict) else {}
         count = records.get(relation, {}).get("count", e.get("neurons", "-"))
         file = f"`{e['set_file']}`" if e.get("set_file") else "-"
@@ -196,10 +213,19 @@ def card_text(folder: str | os.PathLike, *, repo: str | None = None, license: st
     skipped = summary.get("skipped") or {}
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{r} ({why})" for r, why in skipped.items()) + "."]
-    example = next(iter(records), next(iter(relations), "RELATION"))
-    lines += ["", "## Files", "", "- `<relation>.safetensors`: the relation's set (format: relspec-lmeval's docs/file-format.md)",
-              *_extra_folders(root), f"- `{SUMMARY_FILE}`: what the run did, per relation, and the sets' overlaps", ""]
-    lines += [
+    return lines
+
+
+def _files(root: Path) -> list[str]:
+    """The folder's files: the sets, the derived folders present, summary.json."""
+    return ["", "## Files", "", "- `<relation>.safetensors`: the relation's set (format: relspec-lmeval's docs/file-format.md)",
+            *_extra_folders(root), f"- `{SUMMARY_FILE}`: what the run did, per relation, and the sets' overlaps", ""]
+
+
+def _use(summary: Mapping[str, Any], repo: str, example: str) -> list[str]:
+    """How to read and apply a set of the published repository (``example`` is its first relation)."""
+    name, data = summary["model"].get("name") or "?", summary.get("data") or {}
+    return [
         "## Use",
         "",
         "With relspec-lmeval installed:",
@@ -213,16 +239,16 @@ def card_text(folder: str | os.PathLike, *, repo: str | None = None, license: st
         f"`hf://{repo}/PATH` is the file PATH of this dataset repository (`@REVISION` after the name pins a "
         "revision); it is downloaded into the Hugging Face cache and checked against the model like a local file.",
         "",
-        "## How they were made",
-        "",
-        "```bash",
-        str(summary.get("command") or "(not recorded)"),
-        "```",
     ]
+
+
+def _how_made(summary: Mapping[str, Any]) -> list[str]:
+    """The command that made the sets and the environment it ran in."""
+    lines = ["## How they were made", "", "```bash", str(summary.get("command") or "(not recorded)"), "```"]
     env = summary.get("environment") or {}
     if env:
         lines += ["", "Environment: " + ", ".join(f"{key} {value}" for key, value in env.items()) + "."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_card(folder: str | os.PathLike, *, repo: str | None = None, license: str | None = None, force: bool = False) -> Path:

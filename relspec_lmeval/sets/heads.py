@@ -157,10 +157,14 @@ def head_neurons(shape: ModelShape, heads: Iterable[Head], via: str = "o_proj") 
     size, group = int(shape.head_dim), _group_size(shape)  # type: ignore[arg-type]
     out: dict[SiteKey, set[int]] = {}
     for layer, head in heads:
-        blocks = {"o_proj_in": head} if via == "o_proj" else {"q_proj": head, "k_proj": head // group, "v_proj": head // group}
-        for site, block in blocks.items():
+        for site, block in _blocks(head, via, group).items():
             out.setdefault((layer, site), set()).update(range(block * size, (block + 1) * size))
     return {key: sorted(out[key]) for key in sorted(out, key=lambda k: (k[0], via_sites(via).index(k[1])))}
+
+
+def _blocks(head: int, via: str, group: int) -> dict[str, int]:
+    """Which ``head_dim`` block of each site a head is: its own, and its key/value head's for k/v."""
+    return {"o_proj_in": head} if via == "o_proj" else {"q_proj": head, "k_proj": head // group, "v_proj": head // group}
 
 
 def heads_metadata(heads: Iterable[Head], via: str, **extra: Any) -> dict[str, Any]:
@@ -207,11 +211,11 @@ def rank_heads(scores: Scores, n: int, via: str = "o_proj") -> list[tuple[Head, 
     total = layout.num_layers * count
     if not 1 <= n <= total:
         raise UsageError(f"--heads {n}: choose 1 to {total} (the model's {layout.num_layers} layers × {count} heads)")
-    per_site = layout.split(scores.ap)
+    per_site, size, group = layout.split(scores.ap), int(layout.head_dim), _group_size(layout)  # type: ignore[arg-type]
     means = []
-    for layer in range(layout.num_layers):
+    for layer in range(layout.num_layers):  # every head exists: head_neurons' checks are not needed here
         for head in range(count):
-            parts = [per_site[key][idx] for key, idx in head_neurons(layout, [(layer, head)], via).items()]
+            parts = [per_site[(layer, site)][block * size:(block + 1) * size] for site, block in _blocks(head, via, group).items()]
             means.append(torch.cat(parts).to(torch.float64).mean())
     values = torch.stack(means)
     if bool(torch.isnan(values).any()):
