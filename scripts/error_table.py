@@ -195,6 +195,8 @@ def _cases(f: dict[str, Path], shipped: Path) -> list[tuple[str, list[str] | dic
         ("`convert kn --uuids` with a repeated uuid", ["convert", "kn", str(f["kn_wide"]), "--uuids", "fact-1,fact-1", "--model", tiny, "--out", str(out / "c")]),
         ("`--gguf-file` outside the model folder", ["export", "--model", str(f["gguf_dir"]), "--gguf-file", "../outside.gguf", "--neuron-set", str(f["good"]), "--out", str(out / "o")]),
         ("`--gguf-file` that is not a GGUF file", ["export", "--model", str(f["gguf_dir"]), "--gguf-file", "notes.gguf", "--neuron-set", str(f["good"]), "--out", str(out / "o")]),
+        ("`export --format gguf` of a model that is not a GGUF", ["export", "--format", "gguf", "--model", "relspec-tiny", "--neuron-set", str(f["good"]), "--out", str(out / "a.gguf")]),
+        ("`export --out NAME.gguf` without `--format gguf`", ["export", "--model", "relspec-tiny", "--neuron-set", str(f["good"]), "--out", str(out / "a.gguf")]),
         ("`identify --out` a dangling symbolic link", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(out / "dangling")]),
         ("`identify --out` below a file", ["identify", "--model", tiny, "--data", "relation_recall_synthetic_det", "--out", str(out / "a-file" / "s")]),
         ("`export --out` a dangling symbolic link", ["export", "--model", tiny, "--neuron-set", str(f["good"]), "--out", str(out / "dangling")]),

@@ -43,6 +43,11 @@ _CHARS = [chr(c) for c in range(33, 127)]  # printable ASCII; the space is spell
 _PIECES = ["\u2581t", "he", "\u2581the", "\u2581i", "\u2581is", "\u2581in", "\u2581o", "\u2581of", "er", "an", "\u2581A", "ns", "wer"]
 
 _ARCH = {"llama": "llama", "gemma3_text": "gemma3", "gemma3": "gemma3"}
+_FILE_TYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
+_QUANTS = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -51,7 +56,8 @@ _ARCH = {"llama": "llama", "gemma3_text": "gemma3", "gemma3": "gemma3"}
 def write_gguf(model, tokenizer, path, *, dtype: str = "f32", merges: bool | None = None, name: str | None = None) -> Path:
     """Write ``model`` (Llama or Gemma3 text) and its ``tokenizer`` to the GGUF file ``path``.
 
-    ``dtype``: ``"f32"`` (default; loads back bit-exact) or ``"f16"`` (1-D tensors stay F32, as llama.cpp does).
+    ``dtype``: ``"f32"`` (default; loads back bit-exact), ``"f16"``, ``"q8_0"`` or ``"q4_0"`` (block formats,
+    quantized by ``gguf.quants``); 1-D tensors stay F32, as llama.cpp does.
     ``merges``: write ``tokenizer.ggml.merges``. ``None`` writes them only when the loader could not rebuild
     the tokenizer's merges from the scores (``-id``) / token order alone -- real llama.cpp SentencePiece
     files carry no merges, so by default the loader's rebuilding path is the one tested.
@@ -60,8 +66,8 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f32", merges: bool | Non
     model_type = config.model_type
     if model_type not in _ARCH:
         raise ValueError(f"write_gguf handles model_type llama / gemma3_text, not {model_type!r}")
-    if dtype not in ("f32", "f16"):
-        raise ValueError(f"dtype must be 'f32' or 'f16', not {dtype!r}")
+    if dtype not in _FILE_TYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_FILE_TYPES)}, not {dtype!r}")
     arch = _ARCH[model_type]
     path = Path(path)
     _warn_lossy(config, arch)
@@ -69,7 +75,7 @@ def write_gguf(model, tokenizer, path, *, dtype: str = "f32", merges: bool | Non
     writer = gguf.GGUFWriter(path, arch)
     # NB: the loader treats a llama file whose name contains "mistral" as a Mistral.
     writer.add_name(name or f"tiny-{arch}")
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(_FILE_TYPES[dtype])
     _add_hparams(writer, config, arch)
     _add_tokenizer(writer, tokenizer, config, arch, merges)
     _add_tensors(writer, model, arch, dtype)
@@ -236,6 +242,10 @@ def _add_tensors(writer: gguf.GGUFWriter, model, arch: str, dtype: str) -> None:
             weights = _permute(weights, config.num_key_value_heads)
         elif arch == "gemma3" and "norm.weight" in gguf_name:
             weights = weights + np.float32(1.0)
+        if dtype in _QUANTS and weights.ndim > 1:
+            qtype = _QUANTS[dtype]
+            writer.add_tensor(gguf_name, gguf.quants.quantize(np.ascontiguousarray(weights), qtype), raw_dtype=qtype)
+            continue
         if dtype == "f16" and weights.ndim > 1:
             weights = weights.astype(np.float16)
         writer.add_tensor(gguf_name, np.ascontiguousarray(weights))

@@ -433,7 +433,7 @@ def no_hashing(monkeypatch):
 
 @pytest.mark.parametrize("how", ["dotdot", "symlink"])
 def test_a_relative_gguf_file_outside_the_model_folder_is_refused(how, outside, cache, no_hashing, set_file, tmp_path, capsys):
-    """Fails without the ``is_relative_to`` check in ``gguf._gguf_path`` (``../`` was read)."""
+    """Fails without the ``is_relative_to`` check in ``gguf.gguf_path`` (``../`` was read)."""
     model, file = outside
     name = "../outside.gguf"
     if how == "symlink":
@@ -457,7 +457,7 @@ def test_an_absolute_gguf_path_is_read_as_given(outside, cache):
 @pytest.mark.parametrize("where", ["absolute", "inside"])
 def test_a_file_that_is_not_gguf_is_refused_before_hashing(where, outside, cache, no_hashing, set_file, tmp_path, capsys):
     """``/etc/hostname`` (or any non-GGUF file) as ``gguf_file``: refused by its first bytes, before
-    it is hashed or handed to transformers. Fails without the magic check in ``gguf._gguf_path``."""
+    it is hashed or handed to transformers. Fails without the magic check in ``gguf.gguf_path``."""
     model, _ = outside
     if where == "absolute":
         file = Path("/etc/hostname")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from relspec_lmeval.cli.common import command_line, positive_int
@@ -117,11 +118,21 @@ def _extra_line(extra: dict) -> str:
 def _cmd_export(args: argparse.Namespace) -> None:
     from relspec_lmeval.lm.export import ExportConfig, export_checkpoint  # loads transformers
 
+    if args.format == "hf" and args.out.endswith(".gguf"):  # before torch: a flag error answers at once
+        raise UsageError(f"--out {args.out} names a GGUF file; add --format gguf to write one (--format hf writes a folder)")
     cfg = ExportConfig(
         model=args.model, neuron_set=args.neuron_set, out=args.out, mode=args.mode, factor=args.factor,
         revision=args.revision, gguf_file=args.gguf_file, dtype=args.dtype, force=args.force, allow_empty=args.allow_empty,
         command=command_line(args),
     )
+    if args.format == "gguf":
+        from relspec_lmeval.lm.export_gguf import export_gguf_file
+
+        path, count, retyped = export_gguf_file(cfg)
+        for name, was in retyped:
+            print(f"relspec: {name} was {was}; written as F32 (mode={cfg.mode} is not exact in {was})", file=sys.stderr)
+        print(f"wrote ablated GGUF {path} ({count} neurons, mode={cfg.mode}; every other tensor as it was)")
+        return
     folder, count = export_checkpoint(cfg)
     print(f"wrote ablated checkpoint to {folder} ({count} neurons, mode={cfg.mode})")
 
@@ -197,17 +208,19 @@ def add_parsers(sub: Any) -> None:
                       help="compare two sets: same neurons and factors (exit 0) or not (exit 1), the overlap, what else differs")
     info.set_defaults(func=_cmd_info)
 
-    export = sub.add_parser("export", help="write an ablated checkpoint (for --model hf or vllm)")
+    export = sub.add_parser("export", help="write an ablated checkpoint (for --model hf or vllm) or GGUF file (llama.cpp, ollama)")
     export.add_argument("--model", required=True, help="hub id, local folder or shipped model name")
     export.add_argument("--neuron-set", required=True, help="file(s) or shipped name(s), joined with +")
-    export.add_argument("--out", required=True, help="output folder (a new one, or one an earlier export wrote)")
+    export.add_argument("--out", required=True, help="output folder (a new one, or one an earlier export wrote); a .gguf file with --format gguf")
+    export.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                        help="hf: a transformers checkpoint folder (default); gguf: the model's GGUF file with the set applied")
     export.add_argument("--mode", default="zero", choices=["zero", "scale", "dampen"],
                         help="zero (default), scale (by --factor) or dampen (by the set's own factors, `relspec dampen`)")
     export.add_argument("--factor", type=float, default=None, help="with --mode scale")
     export.add_argument("--revision", default=None)
     export.add_argument("--gguf-file", default=None, metavar="NAME", help="with --model a folder: the GGUF file in it")
     export.add_argument("--dtype", default="auto", help=f"{', '.join(DTYPES)} (or bf16, fp16, fp32)")
-    export.add_argument("--force", action="store_true", help="replace a folder an earlier relspec export wrote")
+    export.add_argument("--force", action="store_true", help="replace a folder (or GGUF file) an earlier relspec export wrote")
     export.add_argument("--allow-empty", action="store_true", help="accept a set with no neurons")
     export.set_defaults(func=_cmd_export)
 

@@ -29,7 +29,9 @@ from relspec_lmeval.util.files import staged_dir
 from relspec_lmeval.util.locks import probe_writable
 from relspec_lmeval.util.resources import refuse_shipped
 
-__all__ = ["EXPORT_MARKER", "ExportConfig", "check_export_target", "check_replaceable", "export_checkpoint"]
+__all__ = [
+    "EXPORT_MARKER", "ExportConfig", "check_export_target", "check_replaceable", "check_sets", "export_checkpoint", "provenance",
+]
 
 EXPORT_MARKER = "relspec_export.json"
 
@@ -125,6 +127,30 @@ def _check_editable(config: Any, neuron_set: Any) -> None:
             )
 
 
+def check_sets(sets: list, cfg: ExportConfig, spec: AblationSpec, config: Any, dtype: Any) -> None:
+    """Each set against the model's config, before any weight loads: its shape, the mode's
+    per-neuron data, no bias on an edited site, the factor finite in ``dtype``."""
+    shape = ModelShape.from_config(config)
+    for s in sets:
+        s.validate(shape, allow_empty=cfg.allow_empty)
+        check_mode_fits(s, spec)
+    _check_editable(config, union_all(sets))
+    check_factor_fits(spec, sets, dtype)
+
+
+def provenance(cfg: ExportConfig, spec: AblationSpec, sets: list) -> dict[str, Any]:
+    """What an exported model records about how it was made."""
+    return {
+        "package_version": __version__,
+        "source_model": str(cfg.model),
+        "gguf_file": cfg.gguf_file,
+        "sets": [{"path": str(s.path), "sha256": s.sha256(), "count": len(s)} for s in sets],
+        "mode": spec.mode,
+        "factor": spec.factor,
+        "command": cfg.command,
+    }
+
+
 def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     """Write the ablated checkpoint; returns (folder, neurons). Everything is checked before the weights load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # here: the CLI starts without it
@@ -134,30 +160,17 @@ def export_checkpoint(cfg: ExportConfig) -> tuple[Path, int]:
     sets = load_sets(cfg.neuron_set)
     target = check_export_target(cfg.out, cfg.force)
     config = load_config(cfg.model, cfg.revision, cfg.gguf_file)
-    shape = ModelShape.from_config(config)
-    for s in sets:  # before the (slow) weight load
-        s.validate(shape, allow_empty=cfg.allow_empty)
-        check_mode_fits(s, spec)
-    _check_editable(config, union_all(sets))
-    check_factor_fits(spec, sets, planned_dtype(dtype, config))  # the factor in the dtype the weights will have
+    check_sets(sets, cfg, spec, config, planned_dtype(dtype, config))  # the factor in the dtype the weights will have
     source = resolve_pretrained(cfg.model, cfg.gguf_file)  # a GGUF model: its cached plain checkpoint
     model = AutoModelForCausalLM.from_pretrained(source, revision=cfg.revision, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision)
     merged = union_all(sets)
     apply_ablation(model, merged, spec)
-    provenance: dict[str, Any] = {
-        "package_version": __version__,
-        "source_model": str(cfg.model),
-        "gguf_file": cfg.gguf_file,
-        "sets": [{"path": str(s.path), "sha256": s.sha256(), "count": len(s)} for s in sets],
-        "mode": spec.mode,
-        "factor": spec.factor,
-        "command": cfg.command,
-    }
-    model.config.relspec = provenance
+    record = provenance(cfg, spec, sets)
+    model.config.relspec = record
     with staged_dir(target, may_replace=lambda t: check_replaceable(t, cfg.out, cfg.force, late=True)) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        marker = {"format": "relspec-export", **provenance, "files": sorted(_files_below(staging))}
+        marker = {"format": "relspec-export", **record, "files": sorted(_files_below(staging))}
         (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return target, len(merged)

@@ -33,7 +33,9 @@ from relspec_lmeval.util.cache import cache_root
 from relspec_lmeval.util.files import atomic_write_text, file_mode, remove_stale_staging, signals_unwind, staged_dir, staging_prefix
 from relspec_lmeval.util.hashing import file_sha256
 
-__all__ = ["MARKER", "PACKAGED", "PackagedGGUF", "converted_folder", "packaged_gguf", "quiet_transformers"]
+__all__ = [
+    "MARKER", "PACKAGED", "PackagedGGUF", "converted_folder", "gguf_path", "packaged_gguf", "quiet_transformers", "require_gguf",
+]
 
 MARKER = "relspec_gguf.json"  # in a converted folder: which GGUF file it came from
 
@@ -90,7 +92,7 @@ PACKAGED = {
 }
 
 
-def _require_gguf() -> None:
+def require_gguf() -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
@@ -166,7 +168,7 @@ def _assemble(write, target: Path) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
-def _gguf_path(folder: str | os.PathLike, gguf_file: str) -> Path:
+def gguf_path(folder: str | os.PathLike, gguf_file: str) -> Path:
     """The GGUF file to read, checked before anything slow (hashing, converting).
 
     A relative name must stay inside the model folder (no ``../``, no link out of it); an
@@ -195,8 +197,8 @@ def converted_folder(folder: str | os.PathLike, gguf_file: str, progress: bool =
     """A plain float32 checkpoint of ``folder/gguf_file``, converted once and cached.
 
     ``progress=False`` converts silently (``--quiet``); otherwise one line says what happens."""
-    _require_gguf()
-    source = _gguf_path(folder, gguf_file).resolve()
+    require_gguf()
+    source = gguf_path(folder, gguf_file).resolve()
     digest = file_sha256(source)
     target = cache_root() / "gguf" / digest[:16]
     remove_stale_staging(target.parent)  # a conversion killed outright left GBs there
