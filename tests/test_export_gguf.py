@@ -67,11 +67,13 @@ def export(folder, set_path, out, *extra):
 
 
 def one_error(capsys, *names) -> str:
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("relspec: error:"), lines
+    """The one error line, last on stderr (after the first-use conversion's progress lines, if any)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("relspec: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
     for name in names:
-        assert str(name) in lines[0], lines[0]
-    return lines[0]
+        assert str(name) in errors[0], errors[0]
+    return errors[0]
 
 
 def test_the_ablated_gguf_gives_relspec_hfs_logits_and_keeps_the_rest(tiny, tmp_path, capsys):
@@ -184,3 +186,23 @@ def test_force_replaces_an_earlier_gguf_export(tmp_path, capsys):
     assert export(tmp_path, second, tmp_path / "x.gguf", "--force") == 0
     sets = json.loads(gguf.GGUFReader(tmp_path / "x.gguf").get_field("relspec.sets").contents())
     assert sets[0]["sha256"] == NeuronSet.load(second).sha256()
+
+
+def test_a_file_made_at_the_target_while_writing_is_kept(tmp_path, monkeypatch, capsys):
+    import relspec_lmeval.lm.export_gguf as export_gguf
+
+    model, tokenizer = tiny_llama(seed=7)
+    write_gguf(model, tokenizer, tmp_path / "tiny.gguf")
+    set_path = save_set(tmp_path / "s.safetensors", {(0, "up_proj"): [1]})
+    target = tmp_path / "x.gguf"
+    copy = export_gguf._copy_metadata
+
+    def users_file_appears(*args):
+        target.write_bytes(b"mine")
+        return copy(*args)
+
+    monkeypatch.setattr(export_gguf, "_copy_metadata", users_file_appears)
+    assert export(tmp_path, set_path, target) == 2
+    one_error(capsys, "appeared while the export ran", "untouched")
+    assert target.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors", "tiny.gguf", "x.gguf"]  # no staging file left

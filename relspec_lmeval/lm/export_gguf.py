@@ -225,6 +225,7 @@ def _copy_metadata(reader: Any, writer: Any, provenance: dict[str, Any]) -> None
 
 def write_ablated_gguf(
     source: Path, target: Path, neuron_set: NeuronSet, mode: str, factor: float | None, config: Any, provenance: dict[str, Any],
+    force: bool = False,
 ) -> list[tuple[str, str]]:
     """Write ``target``: ``source`` with ``neuron_set`` switched off. Returns the tensors written as
     F32, as (name, original type). The file is built beside ``target`` and renamed into place.
@@ -235,9 +236,12 @@ def write_ablated_gguf(
         mode, factor: zero, scale (with factor) or dampen (the set's factors).
         config: the model's transformers config (llama q/k heads).
         provenance: written as ``relspec.<key>`` strings (non-strings as JSON).
+        force: an existing ``target`` that an earlier GGUF export wrote may be replaced.
     """
     import gguf
 
+    if mode not in ("zero", "scale", "dampen"):
+        raise UsageError(f"mode={mode} has no weight edit (it rewrites outputs at run time); a GGUF export takes zero, scale or dampen")
     reader = gguf.GGUFReader(source, "r")
     edits = plan_gguf_edits(reader, neuron_set, mode, factor, config)
     retyped = [(name, t.tensor_type.name) for t in reader.tensors if (name := t.name) in edits and not _keeps_type(edits[name], mode)]
@@ -263,6 +267,8 @@ def write_ablated_gguf(
         for data, order in blobs:
             writer.write_tensor_data(data, tensor_endianess=order)
         writer.close()
+        if target.exists() and (not force or not _written_by_us(target)):  # appeared while writing: the user's, kept
+            raise OutputError(f"--out {target} appeared while the export ran; the new file was discarded, {target} is untouched")
 
     try:
         atomic_write(target, write)
@@ -297,5 +303,5 @@ def export_gguf_file(cfg: Any) -> tuple[Path, int, list[tuple[str, str]]]:
     config = load_config(cfg.model, None, cfg.gguf_file)  # the GGUF's shape (converted once, cached)
     check_sets(sets, cfg, spec, config, torch.float32)
     merged = union_all(sets)
-    retyped = write_ablated_gguf(source, target, merged, spec.mode, spec.factor, config, provenance(cfg, spec, sets))
+    retyped = write_ablated_gguf(source, target, merged, spec.mode, spec.factor, config, provenance(cfg, spec, sets), cfg.force)
     return target, len(merged), retyped
