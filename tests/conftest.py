@@ -43,6 +43,16 @@ CORPUS = (
 ).split()
 
 
+def default_signals() -> None:
+    """``preexec_fn`` for a child a test signals: SIGINT, SIGTERM and SIGHUP at their defaults. A suite
+    started under ``nohup`` or as a background job of a plain shell passes SIGHUP / SIGINT on as ignored,
+    and the child would (rightly) keep ignoring them."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
 def load_script(name: str):
     """``scripts/<name>.py`` as a module (scripts import their siblings, so scripts/ goes on the path)."""
     import importlib.util

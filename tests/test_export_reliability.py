@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import transformers
-from conftest import REPO
+from conftest import REPO, default_signals
 
 import relspec_lmeval.modelio.gguf as gguf_mod
 import relspec_lmeval.util.files as files
@@ -149,7 +149,7 @@ def test_a_signal_during_a_staged_write_leaves_nothing(signame, earlier, tmp_pat
         (target / "config.json").write_text("{}")
     before = tree(parent)
     proc = subprocess.Popen([sys.executable, "-c", STAGED_CHILD, str(target), str(ready)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     wait_for(ready, proc)
     assert hidden(parent)  # the staging folder is there while it writes
     proc.send_signal(getattr(signal, signame))
@@ -360,7 +360,7 @@ def test_sigterm_during_a_gguf_conversion_leaves_nothing(gguf_folder, cache, tmp
     cache; the next conversion works. Fails without ``staged_dir`` (and its signals) in ``gguf._build``."""
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", GGUF_CHILD, str(gguf_folder), str(ready)], env={**ENV, "RELSPEC_CACHE_DIR": str(cache)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
     wait_for(ready, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

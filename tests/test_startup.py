@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import default_signals
 
 from relspec_lmeval.cli import EXIT_INTERRUPTED, main
 from relspec_lmeval.errors import UsageError
@@ -137,7 +138,7 @@ def test_sigint_during_identify(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "RELSPEC_CACHE_DIR": str(tmp_path / "cache")}
     argv = [sys.executable, "-m", "relspec_lmeval", "identify", "--model", "relspec-tiny", "--data",
             "relation_recall_synthetic_det", "--out", str(tmp_path / "sets"), "--device", "cpu", "--no-cache"]
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=default_signals)
     try:
         seen = []
         deadline = time.monotonic() + 120
