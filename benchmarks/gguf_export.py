@@ -13,8 +13,8 @@
    ``real_model_lib.Evaluator`` (greedy ``acc``/``acc_lenient``, the gold's log-probability): the
    per-document values must agree; the original model is scored too, for the set's own effect.
 
-No llama.cpp runtime is installed here (none on this machine's package index), so llama.cpp itself
-does not run the file in this benchmark.
+llama.cpp itself is not run here (the tiny-model check with llama-cpp-python is
+``tests/test_export_gguf.py::test_llama_cpp_runs_the_ablated_file_like_relspec_hf``).
 """
 
 from __future__ import annotations
