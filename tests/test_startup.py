@@ -39,6 +39,9 @@ QUICK_ENDS = {
     "export --model m": 2,
     "card --help": 0,
     "card no-such-folder": 2,  # refused before the set files (and torch) are read
+    "info relspec-tiny/landmark_country": 0,  # a set relspec wrote is read without torch (sets/quickinfo.py)
+    "info --json gemma-3-270m/company_hq relspec-tiny/random/k38-seed0": 0,
+    "info no-such-set": 2,
 }
 
 _PROBE = """

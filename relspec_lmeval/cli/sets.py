@@ -20,13 +20,18 @@ __all__ = ["add_parsers"]
 def _cmd_info(args: argparse.Namespace) -> int:
     if args.compare:
         return _cmd_compare(args)
-    from relspec_lmeval.sets.neuron_set import NeuronSet
+    from relspec_lmeval.sets.quickinfo import quick_summary
     from relspec_lmeval.sets.resolve import resolve_set_path
 
     for name in args.files:
-        neuron_set = NeuronSet.load(resolve_set_path(name))
-        summary = neuron_set.summary()
-        experts = _experts(neuron_set)
+        path = resolve_set_path(name)
+        summary, experts = quick_summary(path), None  # torch-free for the files relspec writes
+        if summary is None:  # anything else: the full reader, whose error names what is wrong
+            from relspec_lmeval.sets.neuron_set import NeuronSet
+
+            neuron_set = NeuronSet.load(path)
+            summary = neuron_set.summary()
+            experts = _experts(neuron_set)
         if experts is not None:
             summary["count_per_expert"] = experts
         if args.json:

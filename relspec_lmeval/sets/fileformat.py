@@ -28,6 +28,7 @@ __all__ = [
     "SCORES_FORMAT",
     "SCORES_FORMAT_VERSION",
     "SUFFIX",
+    "check_relspec_block",
     "read_relspec_file",
     "read_relspec_header",
     "site_tensors",
@@ -98,6 +99,12 @@ def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[di
     if found != fmt:
         hint = " (it is a neuron set; pass a file from <out>/scores/)" if found == FORMAT_NAME else ""
         raise NeuronSetError(f"{path} is a {found!r} file, not a relspec {what} file ({fmt!r}){hint}")
+    return tensors, check_relspec_block(path, block, version, what)
+
+
+def check_relspec_block(path: Path, block: Mapping[str, Any], version: str, what: str) -> dict[str, Any]:
+    """The metadata of a ``relspec`` block of the right format, once its version and recorded shape
+    are checked (also the torch-free ``relspec info``'s check: sets/quickinfo.py)."""
     if block.get("format_version") != version:
         raise NeuronSetError(
             f"{path} has {what} format version {block.get('format_version')!r}; this relspec-lmeval reads {version!r}"
@@ -112,7 +119,7 @@ def read_relspec_file(path: Path, fmt: str, version: str, what: str) -> tuple[di
         value = (model or {}).get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise NeuronSetError(f"{path}: metadata model.{key} must be a positive integer, got {value!r}")
-    return tensors, metadata
+    return metadata
 
 
 def site_tensors(path: Path, tensors: Mapping[str, torch.Tensor], kinds: tuple[str, ...]) -> dict[str, dict[tuple[int, str], torch.Tensor]]:

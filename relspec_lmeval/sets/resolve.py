@@ -10,16 +10,19 @@ A shipped random control's name from before the controls were shared
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relspec_lmeval.errors import NeuronSetError
 from relspec_lmeval.sets.fileformat import SUFFIX
 from relspec_lmeval.sets.folder import SetsFolder
 from relspec_lmeval.sets.hub import fetch, is_hub_name, parse_hub_name
-from relspec_lmeval.sets.neuron_set import NeuronSet
+from relspec_lmeval.sets.quickinfo import quick_summary
 from relspec_lmeval.sets.shape import ModelShape
 from relspec_lmeval.util.resources import list_shipped_neuron_sets, shipped_neuron_set
 from relspec_lmeval.util.suggest import did_you_mean, known_list
+
+if TYPE_CHECKING:  # resolve_set_path stays torch-free (relspec info): NeuronSet loads where a set is read
+    from relspec_lmeval.sets.neuron_set import NeuronSet
 
 __all__ = ["load_checked", "load_sets", "resolve_set_path"]
 
@@ -55,7 +58,12 @@ def _renamed_shipped_control(name: str) -> Path | None:
     base = shipped_neuron_set(str(folder.root / relation))
     if base is None:
         return None
-    shared = SetsFolder(base.parent).random_path(len(NeuronSet.load(base)), seed)
+    summary = quick_summary(base)
+    if summary is None:  # not one of relspec's plain files: the full reader (torch)
+        from relspec_lmeval.sets.neuron_set import NeuronSet
+
+        summary = {"count": len(NeuronSet.load(base))}
+    shared = SetsFolder(base.parent).random_path(summary["count"], seed)
     return shared if shared.is_file() else None
 
 
@@ -78,6 +86,8 @@ def load_sets(spec: Any) -> list[NeuronSet]:
         >>> father.metadata["relation"], mother.metadata["relation"]
         ('person_father', 'person_mother')
     """
+    from relspec_lmeval.sets.neuron_set import NeuronSet
+
     if not isinstance(spec, str) or not spec.strip() or (spec.strip().lower() in _NO_SET_WORDS and not Path(spec).exists()):
         raise NeuronSetError(
             f"neuron_set={spec!r} names no neuron-set file; give a file or shipped set name, "
