@@ -525,6 +525,29 @@ def test_statistics_pass_ends_at_the_last_site(tiny_llama_dir):
     assert torch.allclose(fast[0, -width:], outputs["down"][0].mean(dim=0), atol=1e-6)
 
 
+def test_statistics_of_a_bfloat16_model_accumulate_in_float32(tiny_llama_dir):
+    """Issue 23: ``--dtype bfloat16`` runs the model in bf16, but each prompt's token means are
+    summed in float32 (identify.activations.stats_dtype), not rounded to bf16 at every step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from relspec_lmeval.identify.activations import activation_matrix
+    from relspec_lmeval.modelio.sites import model_shape
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    encoded = encode_prompts(tokenizer, ["the ceo of apple is the one who", "paris is a city in"])
+    matrix = activation_matrix(model, encoded, model_shape(model), batch_size=2, pad_id=pad_token_id(tokenizer), progress=False)
+    assert matrix.dtype == torch.float32
+    outputs = {}
+    hook = model.model.layers[-1].mlp.down_proj.register_forward_hook(lambda m, a, o: outputs.__setitem__("down", o))
+    with torch.no_grad():
+        model(torch.tensor([encoded[0]]))
+    hook.remove()
+    width, bf16_values = model.config.hidden_size, outputs["down"][0]
+    assert bf16_values.dtype == torch.bfloat16
+    assert torch.allclose(matrix[0, -width:], bf16_values.float().mean(dim=0), atol=1e-6)
+
+
 @pytest.mark.parametrize("adds_bos", [True, False])
 def test_prompts_are_encoded_as_lm_eval_encodes_them(tiny_llama_dir, adds_bos):
     """Llama-style tokenizers add a BOS, Qwen2-style ones none: identification's prompts are the
