@@ -91,6 +91,24 @@ def test_an_odd_but_valid_file_is_read_by_the_full_reader(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["count_per_expert"][0] == [0, 1]
 
 
+_ODD_HEADERS = [  # JSON a hand-made file might hold: each must leave quick_summary with None, not a traceback
+    {"__metadata__": {"relspec": 5}},
+    {"__metadata__": ["relspec"]},
+    {"layers.0.up_proj.indices": {"dtype": "I64", "shape": [1], "data_offsets": ["0", "8"]}},
+    {"layers.0.up_proj.indices": {"dtype": "I64", "shape": [1], "data_offsets": [8, 0]}},
+    {"layers.0.up_proj.indices": [1, 2]},
+]
+
+
+@pytest.mark.parametrize("header", _ODD_HEADERS)
+def test_an_odd_header_is_left_to_the_full_reader(tmp_path, header):
+    text = json.dumps(header).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + bytes(8))
+    assert quick_summary(path) is None
+    assert main(["info", str(path)]) == 2
+
+
 @pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{}", b"not a safetensors file at all"])
 def test_a_broken_file_is_left_to_the_full_reader(tmp_path, capsys, content):
     path = tmp_path / "broken.safetensors"

@@ -56,6 +56,8 @@ def _raw_tensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int, 
     if not isinstance(header, dict):
         return None
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, dict) for v in header.values()):
+        return None
     body = data[8 + size :]
     tensors: dict[str, tuple[str, int, tuple[int, int]]] = {}
     for name, info in header.items():
@@ -65,6 +67,8 @@ def _raw_tensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int, 
             for dim in shape:
                 count *= int(dim)
         except (KeyError, TypeError, ValueError):
+            return None
+        if not (isinstance(dtype, str) and type(begin) is int and type(end) is int and 0 <= begin <= end):
             return None
         tensors[name] = (dtype, count, (begin, end))
     spans = sorted(span for _, _, span in tensors.values())  # safetensors' own check: they tile the body
@@ -106,7 +110,7 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
         return None
     try:
         block = json.loads(raw[0][HEADER_KEY])
-    except json.JSONDecodeError:
+    except (TypeError, json.JSONDecodeError):
         return None
     if not isinstance(block, dict) or block.get("format") != FORMAT_NAME:
         return None
