@@ -74,6 +74,7 @@ def _relation_files(folder: Path) -> dict[str, Path]:
 
 
 def available_relations(data_dir: str | Path | None = None) -> list[str]:
+    """The relations with a file in ``data_dir`` (default: the LRE folder ``resolve_lre_dir`` finds), sorted."""
     return sorted(_relation_files(resolve_lre_dir(data_dir)))
 
 

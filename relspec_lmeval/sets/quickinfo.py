@@ -101,6 +101,7 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
         The summary dict (path, sha256, content_sha256, counts, has_*, metadata), or None.
 
     Example:
+        >>> from relspec_lmeval.sets.quickinfo import quick_summary
         >>> from relspec_lmeval.util.resources import shipped_neuron_set
         >>> quick_summary(shipped_neuron_set("relspec-tiny/landmark_country"))["count"]
         38
