@@ -7,6 +7,7 @@ in no fixed order and files must be byte-identical. Plain safetensors, never pic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # only in annotations: SUFFIX and the names are read without 
     import torch
 
 __all__ = [
+    "CONTENT_FORMAT",
+    "EXTRAS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "HEADER_KEY",
@@ -29,8 +32,10 @@ __all__ = [
     "SCORES_FORMAT_VERSION",
     "SUFFIX",
     "check_relspec_block",
+    "content_digest",
     "read_relspec_file",
     "read_relspec_header",
+    "site_tensor_name",
     "site_tensors",
     "stage_relspec_file",
     "write_relspec_file",
@@ -42,6 +47,20 @@ SCORES_FORMAT = "relspec-neuron-scores"
 SCORES_FORMAT_VERSION = "1"
 HEADER_KEY = "relspec"
 SUFFIX = ".safetensors"
+EXTRAS = ("scores", "means", "factors")  # a set's optional per-neuron tensors, aligned with the indices
+CONTENT_FORMAT = "relspec-neuron-set-content/1"  # what a set's content_sha256 hashes (docs/file-format.md)
+
+
+def content_digest(model: Mapping[str, Any] | None) -> Any:
+    """The sha256 a set's ``content_sha256`` starts from: ``CONTENT_FORMAT`` and the recorded shape
+    (``model``'s ``SHAPE_KEYS``); each site's indices and factors are added to it in forward order."""
+    head = {"content": CONTENT_FORMAT, "model": {key: (model or {}).get(key) for key in SHAPE_KEYS}}
+    return hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+def site_tensor_name(kinds: tuple[str, ...]) -> re.Pattern[str]:
+    """``layers.<L>.<site>.<kind>``: groups (L, site, kind); L in ASCII digits without leading zeros."""
+    return re.compile(rf"layers\.(0|[1-9][0-9]*)\.({'|'.join(map(re.escape, SITES))})\.({'|'.join(kinds)})", re.ASCII)
 
 
 def stage_relspec_file(
@@ -128,7 +147,7 @@ def site_tensors(path: Path, tensors: Mapping[str, torch.Tensor], kinds: tuple[s
     Only the canonical spelling is read: L in ASCII digits without leading zeros (``layers.0``,
     ``layers.12``), a known site and kind, nothing before or after. ``layers.00`` and ``layers.0``
     would otherwise name the same site and one of the two would be dropped without a word."""
-    pattern = re.compile(rf"layers\.(0|[1-9][0-9]*)\.({'|'.join(map(re.escape, SITES))})\.({'|'.join(kinds)})", re.ASCII)
+    pattern = site_tensor_name(kinds)
     parts: dict[str, dict[tuple[int, str], torch.Tensor]] = {kind: {} for kind in kinds}
     for name, tensor in tensors.items():
         match = pattern.fullmatch(name)

@@ -18,7 +18,6 @@ a neuron is. One set per safetensors file (never pickle):
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,15 +27,22 @@ from typing import Any
 import torch
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, read_relspec_file, site_tensors, write_relspec_file
-from relspec_lmeval.sets.shape import ATTENTION_KEYS, EXPERT_SITES, FFN_SITES, MOE_KEYS, MOE_SITES, SHAPE_KEYS, SITES, ModelShape, SiteKey
+from relspec_lmeval.sets.fileformat import (  # EXTRAS, CONTENT_FORMAT: re-exported, the names this module always had
+    CONTENT_FORMAT,
+    EXTRAS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    content_digest,
+    read_relspec_file,
+    site_tensors,
+    write_relspec_file,
+)
+from relspec_lmeval.sets.shape import ATTENTION_KEYS, MOE_KEYS, SHAPE_KEYS, SITES, ModelShape, SiteKey, counted_sites
 from relspec_lmeval.util.files import StagedFiles
 from relspec_lmeval.util.hashing import file_sha256
 
 __all__ = ["CONTENT_FORMAT", "EXTRAS", "NeuronSet", "compare_sets", "union_all"]
 
-EXTRAS = ("scores", "means", "factors")  # the optional per-neuron tensors, aligned with the indices
-CONTENT_FORMAT = "relspec-neuron-set-content/1"  # what content_sha256 hashes (docs/file-format.md)
 
 
 def _as_index_tensor(values: Any) -> torch.Tensor:
@@ -131,9 +137,7 @@ class NeuronSet:
 
     def counted_sites(self) -> tuple[str, ...]:
         """The sites counts are reported for: the FFN's always (a mixture-of-experts set's: the experts'), any other the set has."""
-        present = {site for _, site in self.neurons}
-        always = EXPERT_SITES if present & set(MOE_SITES) else FFN_SITES
-        return tuple(s for s in SITES if s in always or s in present)
+        return counted_sites(site for _, site in self.neurons)
 
     def count_per_layer(self) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {}
@@ -302,8 +306,7 @@ class NeuronSet:
         (command, versions, data), scores and means are left out, so two runs that find the same
         neurons of the same model shape hash the same even where their files differ."""
         model = self.metadata.get("model") if isinstance(self.metadata.get("model"), Mapping) else {}
-        head = {"content": CONTENT_FORMAT, "model": {key: model.get(key) for key in SHAPE_KEYS}}
-        digest = hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":"), default=str).encode())
+        digest = content_digest(model)
         for (layer, site), idx in self.neurons.items():
             digest.update(f"\nlayers.{layer}.{site}.indices\n".encode() + idx.numpy().astype("<i8").tobytes())
             if (layer, site) in self.factors:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import struct
 import sys
 from array import array
@@ -25,21 +24,26 @@ from pathlib import Path
 from typing import Any
 
 from relspec_lmeval.errors import NeuronSetError
-from relspec_lmeval.sets.fileformat import FORMAT_NAME, FORMAT_VERSION, HEADER_KEY, check_relspec_block
-from relspec_lmeval.sets.shape import EXPERT_SITES, FFN_SITES, MOE_SITES, SHAPE_KEYS, SITES
-from relspec_lmeval.util.hashing import file_sha256
+from relspec_lmeval.sets.fileformat import (
+    EXTRAS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEADER_KEY,
+    check_relspec_block,
+    content_digest,
+    site_tensor_name,
+)
+from relspec_lmeval.sets.shape import SITES, counted_sites
 
 __all__ = ["quick_summary"]
 
-_EXTRAS = ("scores", "means", "factors")  # NeuronSet's EXTRAS (neuron_set.py imports torch)
-_CONTENT_FORMAT = "relspec-neuron-set-content/1"  # NeuronSet's CONTENT_FORMAT, for the same reason
-_NAME = re.compile(rf"layers\.(0|[1-9][0-9]*)\.({'|'.join(map(re.escape, SITES))})\.(indices|{'|'.join(_EXTRAS)})", re.ASCII)
+_NAME = site_tensor_name(("indices", *EXTRAS))
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
-def _raw_tensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int, bytes]]] | None:
-    """(``__metadata__``, ``{name: (dtype, element count, bytes)}``), or None where the file is
-    not a plain safetensors file this reader understands."""
+def _raw_tensors(path: Path) -> tuple[str, dict[str, str], dict[str, tuple[str, int, bytes]]] | None:
+    """(the file's sha256, ``__metadata__``, ``{name: (dtype, element count, bytes)}``), or None where
+    the file is not a plain safetensors file this reader understands."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -74,7 +78,8 @@ def _raw_tensors(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, int, 
     spans = sorted(span for _, _, span in tensors.values())  # safetensors' own check: they tile the body
     if [b for b, _ in spans] != [0, *(e for _, e in spans[:-1])] or (spans[-1][1] if spans else 0) != len(body):
         return None
-    return metadata, {name: (dtype, count, body[b:e]) for name, (dtype, count, (b, e)) in tensors.items()}
+    tensor_bytes = {name: (dtype, count, body[b:e]) for name, (dtype, count, (b, e)) in tensors.items()}
+    return hashlib.sha256(data).hexdigest(), metadata, tensor_bytes
 
 
 _ARRAY = {"I64": ("q", 8), "F32": ("f", 4)}  # safetensors dtype → array typecode, bytes per element
@@ -85,10 +90,7 @@ def _values(dtype: str, count: int, raw: bytes, want: str) -> array | None:
     code, width = _ARRAY[want]
     if dtype != want or len(raw) != width * count:
         return None
-    values = array(code, raw)
-    if sys.byteorder != "little":  # safetensors is little-endian
-        values.byteswap()
-    return values
+    return array(code, raw)
 
 
 def quick_summary(path: Path) -> dict[str, Any] | None:
@@ -106,11 +108,12 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
         >>> quick_summary(shipped_neuron_set("relspec-tiny/landmark_country"))["count"]
         38
     """
-    raw = _raw_tensors(path)
-    if raw is None or HEADER_KEY not in raw[0]:
+    raw = None if sys.byteorder != "little" else _raw_tensors(path)  # safetensors is little-endian, as arrays are here
+    if raw is None or HEADER_KEY not in raw[1]:
         return None
+    sha256, entries, tensors = raw  # entries: the safetensors __metadata__
     try:
-        block = json.loads(raw[0][HEADER_KEY])
+        block = json.loads(entries[HEADER_KEY])
     except (TypeError, json.JSONDecodeError):
         return None
     if not isinstance(block, dict) or block.get("format") != FORMAT_NAME:
@@ -122,8 +125,8 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
     model = metadata.get("model") or {}
     if model.get("num_experts") is not None:  # the per-expert split needs the model shape's code
         return None
-    parts: dict[str, dict[tuple[int, str], array]] = {kind: {} for kind in ("indices", *_EXTRAS)}
-    for name, (dtype, count, data) in raw[1].items():
+    parts: dict[str, dict[tuple[int, str], array]] = {kind: {} for kind in ("indices", *EXTRAS)}
+    for name, (dtype, count, data) in tensors.items():
         match = _NAME.fullmatch(name)
         values = match and _values(dtype, count, data, "I64" if match.group(3) == "indices" else "F32")
         if not values:  # an odd name, dtype or size, or an empty site (dropped, or refused with its extras)
@@ -133,12 +136,10 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
     if any(min(idx) < 0 or len(set(idx)) != len(idx) for idx in neurons.values()):
         return None
     if any(set(extra) - set(neurons) or any(len(v) != len(neurons[k]) for k, v in extra.items()) for extra in
-           (parts[e] for e in _EXTRAS)):
+           (parts[e] for e in EXTRAS)):
         return None
     order = sorted(neurons, key=lambda key: (key[0], SITES.index(key[1])))
-    present = {site for _, site in neurons}
-    always = EXPERT_SITES if present & set(MOE_SITES) else FFN_SITES
-    counted = tuple(s for s in SITES if s in always or s in present)
+    counted = counted_sites(site for _, site in neurons)
     per_site = dict.fromkeys(counted, 0)
     per_layer: dict[int, dict[str, int]] = {}
     for layer, site in order:
@@ -147,7 +148,7 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
     full = lambda name: bool(neurons) and set(parts[name]) == set(neurons)  # noqa: E731
     return {
         "path": str(path),
-        "sha256": file_sha256(path),
+        "sha256": sha256,
         "content_sha256": _content_sha256(model, neurons, parts["factors"], order),
         "count": sum(per_site.values()),
         "count_per_site": per_site,
@@ -161,20 +162,11 @@ def quick_summary(path: Path) -> dict[str, Any] | None:
 
 def _content_sha256(model: dict, neurons: dict, factors: dict, order: list) -> str:
     """``NeuronSet.content_sha256``: the shape, then each site's sorted indices (and factors in their order)."""
-    head = {"content": _CONTENT_FORMAT, "model": {key: model.get(key) for key in SHAPE_KEYS}}
-    digest = hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":"), default=str).encode())
+    digest = content_digest(model)
     for key in order:
         idx = neurons[key]
         ranks = sorted(range(len(idx)), key=idx.__getitem__)
-        digest.update(f"\nlayers.{key[0]}.{key[1]}.indices\n".encode() + _le(array("q", (idx[i] for i in ranks))))
+        digest.update(f"\nlayers.{key[0]}.{key[1]}.indices\n".encode() + array("q", (idx[i] for i in ranks)).tobytes())
         if key in factors:
-            digest.update(f"\nlayers.{key[0]}.{key[1]}.factors\n".encode() + _le(array("f", (factors[key][i] for i in ranks))))
+            digest.update(f"\nlayers.{key[0]}.{key[1]}.factors\n".encode() + array("f", (factors[key][i] for i in ranks)).tobytes())
     return digest.hexdigest()
-
-
-def _le(values: array) -> bytes:
-    if sys.byteorder != "little":
-        values = array(values.typecode, values)
-        values.byteswap()
-    return values.tobytes()
-

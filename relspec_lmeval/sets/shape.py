@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # torch loads where tensors are handled: parsing flags (relsp
 
 __all__ = [
     "ATTENTION_KEYS", "ATTENTION_SITES", "DEFAULT_SITES", "EXPERT_SITES", "FFN_SITES", "MOE_KEYS", "MOE_SITES", "SHAPE_KEYS",
-    "SHARED_SITES", "SITES", "ModelShape", "SELECT_MODES", "SiteKey", "config_fingerprint", "model_metadata", "parse_sites",
+    "SHARED_SITES", "SITES", "ModelShape", "SELECT_MODES", "SiteKey", "config_fingerprint", "counted_sites", "model_metadata",
+    "parse_sites",
 ]
 
 FFN_SITES = ("gate_proj", "up_proj", "down_proj")
@@ -53,6 +54,14 @@ ATTENTION_KEYS = ("num_attention_heads", "num_key_value_heads", "head_dim")
 # recorded too when a file has mixture-of-experts sites: the routed experts and their width, the shared expert's width
 MOE_KEYS = ("num_experts", "expert_intermediate_size", "shared_expert_intermediate_size")
 SELECT_MODES = ("top", "both")  # a cut of the flat order: the top k, or top k/2 + bottom k/2 (sets.scores; here: torch-free)
+
+
+def counted_sites(present: Iterable[str]) -> tuple[str, ...]:
+    """The sites a set's counts are reported for, given the sites it has neurons at: the FFN's
+    always (a mixture-of-experts set's: the experts'), and any other it has, in forward order."""
+    present = set(present)
+    always = EXPERT_SITES if present & set(MOE_SITES) else FFN_SITES
+    return tuple(s for s in SITES if s in always or s in present)
 
 
 def parse_sites(value: str | Iterable[str] | None, flag: str = "--sites") -> tuple[str, ...]:
